@@ -1,0 +1,37 @@
+"""Build script of the ROS 2 package pi0_policy (ament_python, src layout)."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = 'pi0_policy'
+
+setup(
+    name=PACKAGE,
+    version='0.1.0',
+    package_dir={'': 'src'},
+    packages=find_packages(where='src', exclude=['test', 'test.*']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', [f'resource/{PACKAGE}']),
+        (f'share/{PACKAGE}', ['package.xml']),
+        (f'share/{PACKAGE}/launch', glob('launch/*.launch.py')),
+        (f'share/{PACKAGE}/config', glob('config/*.yaml') + glob('config/*.rviz')),
+        (f'share/{PACKAGE}/config/robots', glob('config/robots/*.yaml')),
+    ],
+    install_requires=['setuptools', 'numpy', 'pyyaml', 'pillow', 'safetensors', 'sentencepiece'],
+    zip_safe=False,
+    maintainer='pi0_ros maintainers',
+    maintainer_email='maintainers@pi0-ros.dev',
+    description='pi0 vision-language-action policy as a ROS 2 node, with embodiment adapters.',
+    license='Apache-2.0',
+    # `tests_require` makes colcon run 0 tests with current setuptools; the `test` extra works.
+    extras_require={'test': ['pytest']},
+    entry_points={
+        'console_scripts': [
+            'pi0-policy = pi0_policy.cli:main',
+            'pi0_policy_node = pi0_policy.ros.policy_node:main',
+            'aloha_sim_node = pi0_policy.ros.sim_node:main',
+            'pi0_sim_demo = pi0_policy.ros.demo:main',
+        ],
+    },
+)

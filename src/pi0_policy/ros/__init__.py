@@ -1,0 +1,1 @@
+"""All rclpy code of the suite: parameters, message conversions and nodes."""

@@ -1,0 +1,1 @@
+"""Simulated robots for the demo and tests (pure Python, no rclpy)."""
