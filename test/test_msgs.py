@@ -55,7 +55,7 @@ def _round_trip(talker, listener, msg_type, topic, msg):
 
 
 def test_action_chunk_round_trip(nodes):
-    """Every field of ActionChunk survives DDS, including the row-major action arrays."""
+    """Round-trip every ActionChunk field over DDS, including the row-major action arrays."""
     talker, listener, suffix = nodes
     msg = ActionChunk()
     msg.header.stamp.sec = 12
@@ -85,7 +85,7 @@ def test_action_chunk_round_trip(nodes):
 
 
 def test_policy_status_round_trip(nodes):
-    """PolicyStatus carries state constants, latencies, input ages and counters."""
+    """Round-trip the PolicyStatus state constants, latencies, input ages and counters."""
     talker, listener, suffix = nodes
     msg = PolicyStatus()
     msg.state = PolicyStatus.STATE_HOLDING

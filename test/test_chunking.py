@@ -1,0 +1,366 @@
+"""Tests of the chunk executors: synthetic chunks, explicit times, no clock and no ROS."""
+
+import math
+import threading
+import time
+
+import numpy as np
+from pi0_policy.runtime import chunking
+from pi0_policy.runtime.chunking import ExecutionConfig, make_executor
+import pytest
+
+RATE = 50.0  # Hz
+DT = 1.0 / RATE  # seconds
+HORIZON = 50
+DIM = 2
+
+
+def ramp(base: float, length: int = HORIZON) -> np.ndarray:
+    """Return a (length, DIM) chunk whose row k is (base + k, -(base + k))."""
+    values = base + np.arange(length, dtype=np.float64)
+    return np.stack([values, -values], axis=1)
+
+
+def tick(k: int) -> float:
+    """Return the time of control tick k (ticks aligned with the observation grid)."""
+    return k * DT
+
+
+def run(executor: chunking.ChunkExecutor, ticks: range) -> list[float | None]:
+    """Call next_action on each tick; return the first dim of each action (None when held)."""
+    out = []
+    for k in ticks:
+        action = executor.next_action(tick(k))
+        out.append(None if action is None else float(action[0]))
+    return out
+
+
+# -- configuration and registry ------------------------------------------------------------------
+
+def test_registry_lists_strategies_and_builds_each():
+    assert chunking.available_strategies() == ('async', 'ensemble', 'sync')
+    for name, cls in (('sync', chunking.SyncExecutor), ('async', chunking.AsyncExecutor),
+                      ('ensemble', chunking.EnsembleExecutor)):
+        executor = make_executor(ExecutionConfig(strategy=name))
+        assert type(executor) is cls and executor.name == name
+
+
+def test_unknown_strategy_lists_available_and_suggests():
+    with pytest.raises(ValueError) as info:
+        ExecutionConfig(strategy='asnyc')
+    message = str(info.value)
+    assert "'asnyc'" in message
+    assert 'available: async, ensemble, sync' in message
+    assert "Did you mean 'async'?" in message
+
+
+def test_duplicate_registration_is_refused():
+    with pytest.raises(ValueError, match="'sync' is already registered by SyncExecutor"):
+        chunking.register_strategy('sync')(type('Other', (chunking.SyncExecutor,), {}))
+
+
+@pytest.mark.parametrize('kwargs, pattern', [
+    ({'strategy': 'sync', 'horizon': 20, 'execute_steps': 30},
+     r'execute_steps=30 exceeds horizon=20.*set execute_steps <= 20'),
+    ({'strategy': 'sync', 'execute_steps': 25, 'max_chunk_age': 0.4},
+     r'max_chunk_age=0.4 s is not longer than execute_steps=25 at control_rate_hz=50.0'),
+    ({'control_rate_hz': 0.0}, r'control_rate_hz=0.0 must be a finite positive rate'),
+    ({'control_rate_hz': math.inf}, r'control_rate_hz=inf'),
+    ({'latency_quantile': 0.0}, r'latency_quantile=0.0 must be in \(0, 1\]'),
+    ({'max_tick_lag': 1.0}, r'max_tick_lag=1.0 must exceed 1 tick'),
+    ({'max_chunk_age': 0.0, 'strategy': 'async'}, r'max_chunk_age=0.0 must be a positive'),
+    ({'ensemble_coefficient': math.nan}, r'ensemble_coefficient=nan must be finite'),
+    ({'execute_steps': 0}, r'execute_steps=0 is too small; expected >= 1'),
+    ({'horizon': 0}, r'horizon=0 is too small'),
+])
+def test_config_validation_messages(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        ExecutionConfig(**kwargs)
+
+
+def test_config_type_errors_name_the_value():
+    with pytest.raises(TypeError, match=r'execute_steps must be an int, got 2.5 \(float\)'):
+        ExecutionConfig(execute_steps=2.5)
+    with pytest.raises(TypeError, match=r'latency_window must be an int, got True'):
+        ExecutionConfig(latency_window=True)
+
+
+def test_config_checks_only_the_settings_of_its_strategy():
+    ExecutionConfig(strategy='async', horizon=10, execute_steps=25)
+    ExecutionConfig(strategy='sync', horizon=10, execute_steps=10, request_remaining=25)
+
+
+def test_config_defaults_and_dt():
+    config = ExecutionConfig()
+    assert config.control_rate_hz == 50.0 and config.dt == pytest.approx(0.02)
+    assert config.ensemble_coefficient == 0.01
+
+
+# -- add_chunk input checks -----------------------------------------------------------------------
+
+@pytest.mark.parametrize('actions, pattern', [
+    (np.zeros(5), r'non-empty \(H, D\) array; got shape \(5,\)'),
+    (np.zeros((0, 2)), r'got shape \(0, 2\)'),
+    (np.array([[0.0, 1.0], [np.nan, 0.0]]), r'NaN/Inf in rows \[1\]'),
+])
+def test_add_chunk_rejects_bad_arrays(actions, pattern):
+    executor = make_executor(ExecutionConfig())
+    with pytest.raises(ValueError, match=pattern):
+        executor.add_chunk(actions, 0.0, 0)
+
+
+def test_add_chunk_checks_horizon_and_dims():
+    executor = make_executor(ExecutionConfig(horizon=HORIZON))
+    with pytest.raises(ValueError, match=r'has 10 actions but ExecutionConfig.horizon=50'):
+        executor.add_chunk(ramp(0.0, 10), 0.0, 0)
+    executor.add_chunk(ramp(0.0), 0.0, 0)
+    with pytest.raises(ValueError, match=r'has 3 dims but earlier chunks had 2'):
+        executor.add_chunk(np.zeros((HORIZON, 3)), 0.1, 1)
+
+
+def test_chunk_is_copied_and_actions_are_read_only():
+    executor = make_executor(ExecutionConfig(strategy='async'))
+    actions = ramp(0.0)
+    executor.add_chunk(actions, 0.0, 0)
+    actions[:] = 999.0  # the caller reuses its buffer
+    action = executor.next_action(0.0)
+    assert action[0] == 0.0
+    with pytest.raises(ValueError):
+        action[0] = 1.0
+
+
+# -- sync -----------------------------------------------------------------------------------------
+
+def test_sync_executes_k_then_holds_and_resumes_at_index_zero():
+    executor = make_executor(ExecutionConfig(strategy='sync', execute_steps=5))
+    assert executor.needs_inference(tick(0))
+    assert executor.next_action(tick(0)) is None  # nothing yet: hold
+    # Chunk from an observation at tick 0 arrives 7 ticks later: the robot waited, start at 0.
+    executor.add_chunk(ramp(0.0), tick(0), 0)
+    assert not executor.needs_inference(tick(7))
+    assert run(executor, range(7, 12)) == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert executor.needs_inference(tick(12))
+    progress = executor.progress
+    assert (progress.sequence, progress.index, progress.length) == (0, 4, HORIZON)
+    assert progress.chunk_age == pytest.approx(tick(11))
+    assert run(executor, range(12, 15)) == [None, None, None]  # paused while inferring
+    executor.add_chunk(ramp(100.0), tick(12), 1)
+    assert not executor.needs_inference(tick(15))
+    assert run(executor, range(15, 21)) == [100.0, 101.0, 102.0, 103.0, 104.0, None]
+    assert executor.stats.holds == 1 + 3 + 1
+    assert executor.stats.chunks_discarded == 0
+
+
+def test_sync_keeps_an_early_chunk_until_the_current_one_is_done():
+    executor = make_executor(ExecutionConfig(strategy='sync', execute_steps=3))
+    executor.add_chunk(ramp(0.0), tick(0), 0)
+    assert run(executor, range(1, 3)) == [0.0, 1.0]
+    executor.add_chunk(ramp(100.0), tick(2), 1)
+    assert not executor.needs_inference(tick(3))  # a chunk is waiting
+    assert run(executor, range(3, 6)) == [2.0, 100.0, 101.0]
+
+
+def test_sync_discards_a_chunk_older_than_max_chunk_age():
+    executor = make_executor(ExecutionConfig(strategy='sync', execute_steps=5,
+                                             max_chunk_age=1.0))
+    executor.add_chunk(ramp(0.0), 0.0, 0)
+    assert executor.next_action(1.5) is None
+    assert executor.stats.chunks_discarded == 1
+    assert executor.needs_inference(1.52)
+
+
+# -- async ----------------------------------------------------------------------------------------
+
+def test_async_drops_elapsed_actions_and_stitches_without_repeats_or_gaps():
+    executor = make_executor(ExecutionConfig(strategy='async', request_remaining=10))
+    # Chunk A (values = index) from an observation at tick 0, arriving at tick 3.
+    executor.add_chunk(ramp(0.0), tick(0), 0)
+    first = run(executor, range(3, 11))
+    assert first == [3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]  # 3 elapsed actions dropped
+    assert executor.stats.actions_dropped == 3
+    # Chunk B (values = 1000 + index) from an observation at tick 5 arrives at tick 11.
+    executor.add_chunk(ramp(1000.0), tick(5), 1)
+    second = run(executor, range(11, 16))
+    # Tick 11 is B's index 6: B[0..5] lie in the past and are dropped.
+    assert second == [1006.0, 1007.0, 1008.0, 1009.0, 1010.0]
+    assert executor.stats.actions_dropped == 3 + 6
+    # The executed plan in time: A's value v is meant for tick v, B's value v for tick 5 + v.
+    times = first + [5.0 + (v - 1000.0) for v in second]
+    assert np.array_equal(np.diff(times), np.ones(len(times) - 1))
+    assert executor.progress.sequence == 1
+
+
+def test_async_discards_a_chunk_from_an_older_observation():
+    executor = make_executor(ExecutionConfig(strategy='async'))
+    assert executor.add_chunk(ramp(0.0), tick(10), 1)
+    assert executor.next_action(tick(12))[0] == 2.0
+    assert not executor.add_chunk(ramp(500.0), tick(5), 0)  # computed before the current one
+    assert not executor.add_chunk(ramp(600.0), tick(10), 2)  # same observation again
+    assert run(executor, range(13, 15)) == [3.0, 4.0]
+    assert executor.stats.chunks_discarded == 2
+    assert executor.stats.chunks_received == 3
+
+
+def test_async_returns_none_when_exhausted_and_requests_inference():
+    executor = make_executor(ExecutionConfig(strategy='async', request_remaining=2))
+    executor.add_chunk(ramp(0.0, 6), tick(0), 0)
+    assert not executor.needs_inference(tick(0))
+    assert run(executor, range(0, 3)) == [0.0, 1.0, 2.0]
+    assert not executor.needs_inference(tick(3))  # 3 left
+    assert run(executor, range(3, 4)) == [3.0]
+    assert executor.needs_inference(tick(4))  # 2 left
+    assert run(executor, range(4, 8)) == [4.0, 5.0, None, None]
+    assert executor.progress.remaining == 0
+    assert executor.needs_inference(tick(8))
+
+
+def test_async_discards_a_chunk_whose_actions_all_lie_in_the_past():
+    executor = make_executor(ExecutionConfig(strategy='async'))
+    executor.add_chunk(ramp(0.0), tick(0), 0)
+    run(executor, range(0, 20))
+    executor.add_chunk(ramp(1000.0, 5), tick(10), 1)  # ends at tick 14, taken at tick 20
+    assert run(executor, range(20, 22)) == [20.0, 21.0]
+    assert executor.stats.chunks_discarded == 1
+
+
+def test_async_request_threshold_follows_latency_estimate():
+    config = ExecutionConfig(strategy='async', request_remaining=10, latency_margin_ticks=2,
+                             latency_skip_first=1)
+    executor = make_executor(config)
+    # Cold start: 40 ticks late, excluded from the estimate.
+    executor.add_chunk(ramp(0.0), tick(0), 0)
+    executor.next_action(tick(40))
+    assert executor.stats.latency is None and executor.stats.delay_ticks == 0
+    # Next chunk: 15 ticks (0.3 s) late.
+    executor.add_chunk(ramp(0.0), tick(41), 1)
+    executor.next_action(tick(56))
+    stats = executor.stats
+    assert stats.latency == pytest.approx(0.3) and stats.delay_ticks == 15
+    # Threshold = max(10, 15 + 2) = 17 actions; the chunk from tick 41 ends at tick 90.
+    run(executor, range(57, 73))
+    assert not executor.needs_inference(tick(73))  # actions for ticks 73..90: 18 left
+    run(executor, range(73, 74))
+    assert executor.needs_inference(tick(74))  # 17 left, more than request_remaining=10
+
+
+def test_latency_quantile_over_the_window():
+    executor = make_executor(ExecutionConfig(strategy='async', latency_skip_first=0,
+                                             latency_window=4, latency_quantile=0.5))
+    delays_ticks = [5, 1, 9, 3, 7]  # the first falls out of the 4-sample window
+    start = 0
+    for sequence, delay in enumerate(delays_ticks):
+        executor.add_chunk(ramp(0.0), tick(start), sequence)
+        executor.next_action(tick(start + delay))
+        start += delay + 1
+    # Window [1, 9, 3, 7] -> sorted [1, 3, 7, 9]; the 0.5 quantile is the 2nd: 3 ticks.
+    assert executor.stats.latency == pytest.approx(tick(3))
+    assert executor.stats.delay_ticks == 3
+
+
+def test_async_plan_clock_ignores_jitter_and_skips_missed_ticks():
+    executor = make_executor(ExecutionConfig(strategy='async'))
+    executor.add_chunk(ramp(0.0), tick(0), 0)
+    jitter = np.random.default_rng(0).uniform(-0.4, 0.4, size=20) * DT
+    values = [executor.next_action(tick(k) + jitter[k])[0] for k in range(20)]
+    assert values == [float(k) for k in range(20)]  # no repeats, no gaps
+    # The timer stalls: ticks 20..24 are missed; the plan jumps to now.
+    assert executor.next_action(tick(25))[0] == 25.0
+    assert executor.stats.ticks_skipped == 5
+
+
+def test_async_holds_for_a_chunk_stamped_in_the_future():
+    executor = make_executor(ExecutionConfig(strategy='async'))
+    executor.add_chunk(ramp(0.0), tick(10), 0)
+    assert executor.next_action(tick(5)) is None
+
+
+def test_reset_forgets_chunks_and_counters():
+    executor = make_executor(ExecutionConfig(strategy='async'))
+    executor.add_chunk(ramp(0.0), tick(10), 0)
+    executor.next_action(tick(10))
+    executor.reset()
+    assert executor.next_action(tick(11)) is None
+    assert executor.progress.sequence == -1 and executor.progress.chunk_age is None
+    assert executor.stats.chunks_received == 0
+    assert executor.add_chunk(ramp(0.0), tick(1), 0)  # older stamps are accepted again
+
+
+def test_add_chunk_from_another_thread_while_ticking():
+    executor = make_executor(ExecutionConfig(strategy='async'))
+    count = 50
+    clock = [0.0]  # the consumer's time, read by the producer to stamp its chunks
+
+    def produce() -> None:
+        last = -1.0
+        n = 0
+        while n < count:
+            stamp = clock[0]
+            if stamp > last:
+                executor.add_chunk(ramp(1000.0 * n), stamp, n)
+                last = stamp
+                n += 1
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    seen = []
+    k = 0
+    while producer.is_alive() or not seen or executor.progress.sequence != count - 1:
+        k += 1
+        clock[0] = tick(k)
+        action = executor.next_action(tick(k))
+        if action is not None:
+            seen.append(action[0])
+        time.sleep(0)  # let the producer run, as a timer thread would
+        assert k < 10_000_000, 'the last chunk never came through'
+    producer.join()
+    assert executor.stats.chunks_received == count
+    assert all(v % 1000.0 < HORIZON for v in seen)  # every action is a row of some chunk
+
+
+# -- ensemble -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('m', [0.01, 0.5, 0.0, -0.3])
+def test_ensemble_weights_match_the_act_formula(m):
+    executor = make_executor(ExecutionConfig(strategy='ensemble', ensemble_coefficient=m))
+    rng = np.random.default_rng(1)
+    chunks = [rng.normal(size=(10, DIM)) for _ in range(3)]
+    for j, chunk in enumerate(chunks):  # j = 0 is the oldest
+        executor.add_chunk(chunk, tick(j), j)
+    assert not executor.needs_inference(tick(2))  # chunks are waiting to be taken
+    action = executor.next_action(tick(2))
+    assert executor.needs_inference(tick(3))  # ensembling wants a chunk every tick
+    # At tick 2 the chunks from ticks 0, 1, 2 predict their rows 2, 1, 0.
+    predictions = np.stack([chunks[0][2], chunks[1][1], chunks[2][0]])
+    weights = np.exp(-m * np.arange(3))
+    expected = (weights[:, None] * predictions).sum(axis=0) / weights.sum()
+    np.testing.assert_allclose(action, expected, rtol=1e-12)
+    assert executor.progress.sequence == 2 and executor.progress.index == 0
+
+
+def test_ensemble_drops_expired_chunks_and_holds_when_none_covers():
+    executor = make_executor(ExecutionConfig(strategy='ensemble', ensemble_coefficient=0.0))
+    executor.add_chunk(np.full((3, DIM), 1.0), tick(0), 0)
+    executor.add_chunk(np.full((3, DIM), 3.0), tick(1), 1)
+    assert run(executor, range(1, 5)) == [2.0, 2.0, 3.0, None]  # chunk 0 ends at tick 2
+    assert executor.next_action(tick(5)) is None
+
+
+def test_ensemble_waits_for_a_chunk_stamped_after_the_tick():
+    executor = make_executor(ExecutionConfig(strategy='ensemble'))
+    executor.add_chunk(np.ones((5, DIM)), tick(3), 0)
+    assert executor.next_action(tick(1)) is None
+    assert executor.next_action(tick(3))[0] == 1.0
+
+
+# -- Real-Time Chunking hook ----------------------------------------------------------------------
+
+def test_guidance_target_aligns_the_remaining_plan_to_a_new_observation():
+    executor = make_executor(ExecutionConfig(strategy='async', latency_skip_first=0))
+    assert executor.guidance_target(tick(0)) is None
+    executor.add_chunk(ramp(0.0), tick(0), 7)
+    run(executor, range(4, 10))  # delay 4 ticks recorded, executed up to index 9
+    target = executor.guidance_target(tick(10))
+    assert target.sequence == 7 and target.delay_ticks == 4
+    assert target.start_time == pytest.approx(tick(10))
+    np.testing.assert_array_equal(target.actions, ramp(0.0)[10:])
+    assert executor.guidance_target(tick(HORIZON)) is None  # the plan ends before it
