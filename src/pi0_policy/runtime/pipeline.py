@@ -1,0 +1,202 @@
+"""
+The one place that assembles π0's input and output transforms for an embodiment.
+
+Axis letters: C camera slots, L prompt tokens, S model state width, A model action width,
+T action horizon, U unified width (18), N robot state length, F robot command dims (dof).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from embodiment_adapters import EmbodimentAdapter, unified
+import numpy as np
+
+from pi0_policy.runtime import transforms
+from pi0_policy.runtime.tokenizer import PromptTokenizer, TokenizedPrompt
+
+# Keys of an observation dict (Observation).
+IMAGES_KEY = 'images'
+STATE_KEY = 'state'
+PROMPT_KEY = 'prompt'
+NOISE_KEY = 'noise'
+
+# An observation: {'images': {camera: (H, W, 3) uint8}, 'state': (N,), 'prompt': str,
+# optionally 'noise': (T, A)}.
+Observation = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """One observation in model space (numpy, unbatched)."""
+
+    # (C, 3, H, W) float32 in [-1, 1]; black (-1) for empty slots.
+    images: np.ndarray
+    # (C,) bool, False for empty slots.
+    image_masks: np.ndarray
+    # (L,) int64 prompt tokens.
+    tokens: np.ndarray
+    # (L,) bool prompt mask.
+    token_masks: np.ndarray
+    # (S,) float32 normalized and zero-padded state.
+    state: np.ndarray
+    # (U,) float64 unified state before normalization (delta actions are relative to it).
+    unified_state: np.ndarray
+    # The tokenized prompt with its bookkeeping.
+    prompt: TokenizedPrompt
+
+
+class Pi0Pipeline:
+    """
+    Assemble the input and output transforms of π0 for one embodiment adapter.
+
+    Inputs: ``{'images': {camera: (H, W, 3) uint8}, 'state': (N,) robot order, 'prompt': str}``.
+    Outputs: (T, U) unified actions and (T, F) robot actions.
+    """
+
+    def __init__(
+        self,
+        adapter: EmbodimentAdapter,
+        tokenizer: PromptTokenizer,
+        normalizer: transforms.Normalizer,
+        *,
+        image_size: int,
+        num_cameras: int,
+        state_dim: int,
+        action_dim: int,
+    ) -> None:
+        """
+        Bind the transforms to an adapter and a model's sizes.
+
+        Args:
+            adapter: an ``embodiment_adapters.EmbodimentAdapter``.
+            tokenizer: the prompt tokenizer.
+            normalizer: the checkpoint's state/action statistics.
+            image_size: side of the model's square input images (pixels).
+            num_cameras: number of model camera slots C.
+            state_dim: model state width S (>= U).
+            action_dim: model action width A (>= U).
+
+        Raises:
+            ValueError: the model is narrower than the unified layout, or a camera maps to a slot
+                the model does not have.
+
+        """
+        self.adapter = adapter
+        self.tokenizer = tokenizer
+        self.normalizer = normalizer
+        self.image_size = int(image_size)
+        self.num_cameras = int(num_cameras)
+        self.state_dim = int(state_dim)
+        self.action_dim = int(action_dim)
+        self.unified_dim = int(adapter.unified_dim)
+        if min(self.state_dim, self.action_dim) < self.unified_dim:
+            raise ValueError(
+                f'Model state/action width ({self.state_dim}/{self.action_dim}) is smaller than '
+                f'the unified width {self.unified_dim} of embodiment {adapter.name!r}; use a '
+                f'model with state_dim and action_dim >= {self.unified_dim}.')
+        slots = [c.model_slot for c in adapter.cameras if c.model_slot is not None]
+        usable = min(self.num_cameras, len(unified.MODEL_IMAGE_KEYS))
+        bad = [s for s in slots if not 0 <= s < usable]
+        if bad or len(set(slots)) != len(slots):
+            raise ValueError(
+                f'Embodiment {adapter.name!r} maps cameras to model slots {slots}; expected '
+                f'distinct slots in 0..{usable - 1} for a model with '
+                f'{self.num_cameras} camera slots. Fix model_slot in the robot config.')
+        self._cameras = {c.name: c for c in adapter.cameras}
+        self._delta_mask = np.asarray(adapter.delta_mask, dtype=bool)  # (U,)
+
+    def prepare(self, observation: Observation) -> ModelInputs:
+        """
+        Turn an observation into model inputs.
+
+        Raises:
+            ValueError: a missing key, a missing required camera, an unknown camera, a bad image,
+                a state of the wrong length or with NaN/inf values.
+
+        """
+        # Order: state_to_unified → normalize → pad | slots → resize_with_pad → [-1,1] | tokenize
+        required = [IMAGES_KEY, STATE_KEY, PROMPT_KEY]
+        missing = [k for k in required if k not in observation]
+        if missing:
+            raise ValueError(
+                f'Observation lacks {missing}; expected keys {required} '
+                f'(got {sorted(observation)}).')
+        robot_state = self._check_state(observation[STATE_KEY])
+        unified_state = np.asarray(self.adapter.state_to_unified(robot_state), np.float64)  # (U,)
+        state = unified.pad(self.normalizer.normalize_state(unified_state), self.state_dim)
+        images, image_masks = self._images(observation[IMAGES_KEY])
+        prompt = self.tokenizer(observation[PROMPT_KEY])
+        return ModelInputs(
+            images=images, image_masks=image_masks, tokens=prompt.tokens,
+            token_masks=prompt.mask, state=state.astype(np.float32),
+            unified_state=unified_state, prompt=prompt)
+
+    def finish(
+        self, model_actions: np.ndarray, inputs: ModelInputs,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """
+        Turn the model's (T, A) output into (T, U) unified and (T, F) robot actions.
+
+        Args:
+            model_actions: (T, A) normalized, padded actions from the model.
+            inputs: the inputs of the same inference (for the unified state).
+
+        Returns:
+            (unified (T, U) float64, robot (T, F) float64).
+
+        """
+        # Order: trim → unnormalize → delta→absolute → adapter.actions_from_unified
+        actions = unified.trim(np.asarray(model_actions, np.float64), self.unified_dim)
+        actions = self.normalizer.unnormalize_actions(actions)
+        actions = transforms.delta_to_absolute(actions, inputs.unified_state, self._delta_mask)
+        robot = np.asarray(self.adapter.actions_from_unified(actions), np.float64)
+        return actions, robot
+
+    def _check_state(self, state: Any) -> np.ndarray:
+        """Validate the robot-order state vector."""
+        names = tuple(self.adapter.state_names)
+        try:
+            array = np.asarray(state, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f'State must be a numeric vector of {len(names)} values {list(names)}; got '
+                f'{type(state).__name__} that numpy cannot convert ({e}).') from e
+        if array.shape != (len(names),):
+            raise ValueError(
+                f'State has shape {array.shape}, expected ({len(names)},) in the robot order of '
+                f'embodiment {self.adapter.name!r}: {list(names)}.')
+        bad = ~np.isfinite(array)
+        if bad.any():
+            raise ValueError(
+                f'State has non-finite values at {[names[i] for i in np.flatnonzero(bad)]}: '
+                f'{array.tolist()}; check the joint state source (holding until it is valid).')
+        return array
+
+    def _images(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Place the cameras in the model slots: (C, 3, H, W) float32 and (C,) bool masks."""
+        if not isinstance(images, Mapping):
+            raise ValueError(
+                f'observation[{IMAGES_KEY!r}] must map camera names to (H, W, 3) uint8 images, '
+                f'got {type(images).__name__}.')
+        unknown = sorted(set(images) - set(self._cameras))
+        if unknown:
+            raise ValueError(
+                f'Unknown cameras {unknown} for embodiment {self.adapter.name!r}; expected names '
+                f'from {sorted(self._cameras)} (see its robot config).')
+        # The adapter routes cameras to slot keys and rejects a missing required camera.
+        routed = self.adapter.model_images(images)  # {slot key: (h, w, 3) uint8 | None}
+        size = self.image_size
+        out = np.full((self.num_cameras, 3, size, size), transforms.BLACK_MODEL_VALUE,
+                      dtype=np.float32)  # (C, 3, H, W)
+        masks = np.zeros(self.num_cameras, dtype=bool)  # (C,)
+        for slot, key in enumerate(unified.MODEL_IMAGE_KEYS[:self.num_cameras]):
+            image = routed.get(key)
+            if image is None:
+                continue
+            image = transforms.check_rgb_image(image, f'image slot {key!r}')
+            out[slot] = transforms.image_to_model(transforms.resize_with_pad(image, size, size))
+            masks[slot] = True
+        return out, masks

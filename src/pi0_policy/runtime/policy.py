@@ -1,0 +1,340 @@
+"""
+The π0 policy facade: checkpoint + embodiment adapter → robot-unit action chunks (no rclpy).
+
+Axis letters: T action horizon, A model action width, U unified width, F robot command dims,
+C camera slots, L prompt tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+import gc
+import logging
+from pathlib import Path
+import threading
+import time
+from types import MappingProxyType
+from typing import Any
+
+import embodiment_adapters
+from embodiment_adapters import EmbodimentAdapter, unified
+import numpy as np
+from pi0_policy.model import checkpoint
+from pi0_policy.model.config import Pi0Config
+from pi0_policy.model.pi0 import build_empty, init_random, Pi0Model
+from pi0_policy.runtime import transforms
+from pi0_policy.runtime.pipeline import ModelInputs, NOISE_KEY, Observation, Pi0Pipeline
+from pi0_policy.runtime.tokenizer import load_tokenizer, PromptTokenizer
+import torch
+
+_LOG = logging.getLogger(__name__)
+
+# Accepted dtype names.
+DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16}
+# Timing keys of PolicyResult.timing (milliseconds).
+TIME_PREPROCESS = 'preprocess'
+TIME_MODEL = 'model'
+TIME_POSTPROCESS = 'postprocess'
+TIME_TOTAL = 'total'
+# Prefix of the model's own timing breakdown in PolicyResult.timing.
+MODEL_TIMING_PREFIX = 'model.'
+MS_PER_S = 1000.0
+# Default number of flow-matching denoising steps (openpi's π0).
+DEFAULT_NUM_STEPS = 10
+# Seed of the example observation used by warmup().
+WARMUP_SEED = 0
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    """One inference: the action chunk in robot units and how it was made."""
+
+    # (T, F) actions in robot order and units (positions in rad/m, base velocities).
+    actions: np.ndarray
+    # (T, U) actions in the unified layout, after unnormalize and delta→absolute.
+    unified_actions: np.ndarray
+    # Milliseconds: preprocess, model, postprocess, total (+ 'model.<part>' when available).
+    timing: Mapping[str, float]
+    # The cleaned prompt that was tokenized.
+    prompt: str
+    # (L,) int64 prompt tokens fed to the model.
+    tokens: np.ndarray
+    # Number of real prompt tokens before truncation.
+    num_tokens: int
+    # Whether the prompt was truncated to the model's token length.
+    prompt_truncated: bool
+    # (C,) bool, which camera slots held an image.
+    image_masks: np.ndarray
+
+
+def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """Map a dtype name or torch dtype to a supported torch dtype."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f'Unsupported dtype {dtype!r}; expected one of {sorted(DTYPES)}.')
+
+
+def _resolve_adapter(embodiment: str | Path | EmbodimentAdapter) -> EmbodimentAdapter:
+    """Return an adapter for a robot name / config path, or the adapter itself."""
+    if isinstance(embodiment, (str, Path)):
+        return embodiment_adapters.load_adapter(embodiment)
+    if not isinstance(embodiment, EmbodimentAdapter):
+        raise TypeError(
+            f'embodiment must be a robot name, a robot config path or an EmbodimentAdapter, got '
+            f'{type(embodiment).__name__}.')
+    return embodiment
+
+
+def tiny_config_for(adapter: EmbodimentAdapter) -> Pi0Config:
+    """
+    Return the tiny architecture sized for an adapter.
+
+    Every π0 camera slot is kept and the state/action widths cover the adapter's unified width.
+    """
+    config = Pi0Config.tiny(num_cameras=len(unified.MODEL_IMAGE_KEYS))
+    width = max(config.action_dim, int(adapter.unified_dim))
+    return replace(config, action_dim=width, state_dim=max(config.state_dim, width))
+
+
+class Pi0Policy:
+    """
+    Run π0 on one embodiment: observation dict in, robot-unit action chunk out.
+
+    ``infer`` may be called from one worker thread while other threads read the attributes;
+    calls are serialized by a lock. Errors in the observation raise ValueError.
+    """
+
+    def __init__(
+        self,
+        model: Pi0Model,
+        config: Pi0Config,
+        pipeline: Pi0Pipeline,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        num_steps: int = DEFAULT_NUM_STEPS,
+        seed: int = 0,
+        compile: bool = False,  # noqa: A002 (the name of the public option)
+        checkpoint_info: checkpoint.CheckpointInfo | None = None,
+        load_time_s: float = 0.0,
+    ) -> None:
+        """
+        Wrap a loaded model (use :meth:`from_checkpoint` to build one).
+
+        Args:
+            model: the π0 network, on ``device`` in eval mode.
+            config: its architecture.
+            pipeline: input/output transforms bound to the embodiment adapter.
+            device: where the model runs.
+            dtype: the model's compute dtype.
+            num_steps: denoising steps per inference.
+            seed: seed of the noise drawn when an observation carries none.
+            compile: run the denoising step through torch.compile.
+            checkpoint_info: what was loaded (None for the random tiny model).
+            load_time_s: seconds spent building or loading.
+
+        Raises:
+            ValueError: num_steps is not positive.
+
+        """
+        if num_steps <= 0:
+            raise ValueError(f'num_steps must be a positive step count, got {num_steps}.')
+        self._model: Pi0Model | None = model
+        self.config = config
+        self.pipeline = pipeline
+        self.adapter = pipeline.adapter
+        self.tokenizer: PromptTokenizer = pipeline.tokenizer
+        self.device = device
+        self.dtype = dtype
+        self.num_steps = int(num_steps)
+        self.seed = int(seed)
+        self.compile = bool(compile)
+        # None for the random tiny model.
+        self.checkpoint_info = checkpoint_info
+        # Seconds spent building or loading the model, tokenizer and statistics.
+        self.load_time_s = float(load_time_s)
+        self._generator = torch.Generator(device='cpu').manual_seed(self.seed)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path | None,
+        embodiment: str | Path | EmbodimentAdapter,
+        *,
+        device: str | torch.device = 'cpu',
+        dtype: str | torch.dtype = 'float32',
+        num_steps: int = DEFAULT_NUM_STEPS,
+        asset_id: str | None = None,
+        tokenizer_path: str | Path | None = None,
+        seed: int = 0,
+        compile: bool = False,  # noqa: A002 (the name of the public option)
+    ) -> Pi0Policy:
+        """
+        Load a policy.
+
+        Args:
+            path: an openpi or LeRobot checkpoint folder; None builds the tiny randomly
+                initialised model (tests, demo) with the fallback tokenizer and no norm stats.
+            embodiment: robot name, robot config path, or an ``EmbodimentAdapter``.
+            device: torch device.
+            dtype: 'float32' or 'bfloat16'.
+            num_steps: denoising steps per inference.
+            asset_id: which ``assets/<id>/norm_stats.json`` to use (None: the only one).
+            tokenizer_path: explicit tokenizer ``.model`` (default: found in the checkpoint).
+            seed: seed of the random init (tiny model) and of the sampling noise.
+            compile: run the denoising step through torch.compile (first call compiles).
+
+        Returns:
+            The ready policy.
+
+        Raises:
+            ValueError: bad arguments, or a checkpoint without tokenizer or with ambiguous stats.
+
+        """
+        adapter = _resolve_adapter(embodiment)
+        torch_dtype = _resolve_dtype(dtype)
+        torch_device = torch.device(device)
+        start = time.perf_counter()
+        info = None
+        if path is None:
+            config = tiny_config_for(adapter)
+            model = init_random(build_empty(config, device=torch_device, dtype=torch_dtype),
+                                seed=seed)
+            tokenizer = load_tokenizer(tokenizer_path=tokenizer_path,
+                                       vocab_size=config.vlm.vocab_size,
+                                       max_len=config.max_token_len)
+            normalizer = transforms.Normalizer()
+            _LOG.warning('Pi0Policy uses a RANDOM tiny model: actions are meaningless.')
+        else:
+            model, config, info = checkpoint.load_pi0(path, torch_device, torch_dtype)
+            tokenizer = load_tokenizer(tokenizer_path=tokenizer_path, checkpoint_dir=path,
+                                       vocab_size=config.vlm.vocab_size,
+                                       max_len=config.max_token_len)
+            normalizer = transforms.Normalizer.from_checkpoint(path, asset_id)
+        model.eval().requires_grad_(False)
+        pipeline = Pi0Pipeline(
+            adapter, tokenizer, normalizer, image_size=config.vision.image_size,
+            num_cameras=config.num_cameras, state_dim=config.state_dim,
+            action_dim=config.action_dim)
+        return cls(model, config, pipeline, device=torch_device, dtype=torch_dtype,
+                   num_steps=num_steps, seed=seed, compile=compile, checkpoint_info=info,
+                   load_time_s=time.perf_counter() - start)
+
+    @property
+    def action_horizon(self) -> int:
+        """Return the number of actions T per chunk."""
+        return self.config.action_horizon
+
+    @property
+    def is_closed(self) -> bool:
+        """Return whether close() has released the model."""
+        return self._model is None
+
+    def infer(self, observation: Observation) -> PolicyResult:
+        """
+        Compute one action chunk.
+
+        Args:
+            observation: ``{'images': {camera: (H, W, 3) uint8}, 'state': (N,) robot order,
+                'prompt': str}``, optionally ``'noise'``: (T, A) initial noise for determinism.
+
+        Returns:
+            The chunk in robot units with timings.
+
+        Raises:
+            ValueError: invalid observation (missing required camera, wrong state length, NaN).
+            RuntimeError: the policy was closed.
+
+        """
+        with self._lock:
+            if self._model is None:
+                raise RuntimeError(
+                    'Pi0Policy was closed; create a new one with Pi0Policy.from_checkpoint().')
+            start = time.perf_counter()
+            inputs = self.pipeline.prepare(observation)
+            noise = self._noise(observation.get(NOISE_KEY))
+            batch = self._to_batch(inputs)
+            prepared = time.perf_counter()
+            with torch.inference_mode():
+                out = self._model.sample_actions(
+                    batch['images'], batch['image_masks'], batch['tokens'], batch['token_masks'],
+                    batch['state'], noise=noise, num_steps=self.num_steps,
+                    compile=self.compile)
+                if self.device.type == 'cuda':
+                    torch.cuda.synchronize(self.device)
+            sampled = time.perf_counter()
+            model_actions = out[0].float().cpu().numpy()  # (T, A)
+            unified_actions, actions = self.pipeline.finish(model_actions, inputs)
+            done = time.perf_counter()
+            timing = {
+                TIME_PREPROCESS: (prepared - start) * MS_PER_S,
+                TIME_MODEL: (sampled - prepared) * MS_PER_S,
+                TIME_POSTPROCESS: (done - sampled) * MS_PER_S,
+                TIME_TOTAL: (done - start) * MS_PER_S,
+            }
+            timing.update(self._model_timing())
+            return PolicyResult(
+                actions=actions, unified_actions=unified_actions,
+                timing=MappingProxyType(timing), prompt=inputs.prompt.text,
+                tokens=inputs.tokens, num_tokens=inputs.prompt.num_tokens,
+                prompt_truncated=inputs.prompt.truncated, image_masks=inputs.image_masks)
+
+    def example_observation(self, seed: int = WARMUP_SEED) -> dict[str, Any]:
+        """Return a valid random observation for this embodiment (adapter ``make_example``)."""
+        example = self.adapter.make_example(np.random.default_rng(seed))
+        state = self.adapter.state_from_joint_states(
+            example['names'], example['positions'], example.get('base_velocity'))
+        return {'images': example['images'], 'state': state, 'prompt': example['prompt']}
+
+    def warmup(self) -> PolicyResult:
+        """
+        Run one inference on an example observation (allocations, kernels, compilation).
+
+        Uses zero noise, so the seeded noise sequence of later calls is unchanged.
+        """
+        observation = self.example_observation()
+        observation[NOISE_KEY] = np.zeros(
+            (self.config.action_horizon, self.config.action_dim), np.float32)
+        return self.infer(observation)
+
+    def close(self) -> None:
+        """Release the model and free cached accelerator memory; infer() then raises."""
+        with self._lock:
+            if self._model is None:
+                return
+            self._model = None
+        gc.collect()
+        if self.device.type == 'cuda' and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _noise(self, noise: Any) -> torch.Tensor:
+        """Return (1, T, A) initial noise: the given array or a draw from the seeded generator."""
+        shape = (self.config.action_horizon, self.config.action_dim)
+        if noise is None:
+            drawn = torch.randn((1,) + shape, generator=self._generator, dtype=torch.float32)
+            return drawn.to(self.device)
+        array = np.asarray(noise, dtype=np.float32)
+        if array.shape not in (shape, (1,) + shape) or not np.isfinite(array).all():
+            raise ValueError(
+                f'observation[{NOISE_KEY!r}] must be finite with shape {shape} (T, A), got '
+                f'shape {array.shape}; omit it to draw seeded noise.')
+        return torch.from_numpy(array.reshape((1,) + shape)).to(self.device)
+
+    def _to_batch(self, inputs: ModelInputs) -> dict[str, torch.Tensor]:
+        """Add the batch axis and move the model inputs to the device."""
+        arrays = {'images': inputs.images, 'image_masks': inputs.image_masks,
+                  'tokens': inputs.tokens, 'token_masks': inputs.token_masks,
+                  'state': inputs.state}
+        return {k: torch.from_numpy(np.ascontiguousarray(v))[None].to(self.device)
+                for k, v in arrays.items()}
+
+    def _model_timing(self) -> dict[str, float]:
+        """Return the model's own breakdown (ms), if it records one."""
+        parts = getattr(self._model, 'last_timing', None)
+        if not isinstance(parts, Mapping):
+            return {}
+        return {MODEL_TIMING_PREFIX + str(k): float(v) for k, v in parts.items()}

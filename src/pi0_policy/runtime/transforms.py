@@ -1,0 +1,400 @@
+"""
+Numeric input/output transforms of π0: images, normalization statistics and delta actions.
+
+Axis letters: H/W image height/width, C cameras, T action horizon, U unified width, D any vector
+width. Everything here is numpy; the pipeline turns the results into tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import enum
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+_LOG = logging.getLogger(__name__)
+
+# Image channels (RGB) and the value range of uint8 pixels.
+RGB_CHANNELS = 3
+UINT8_MAX = 255.0
+# Model-space value of a black pixel (uint8 0 mapped to [-1, 1]).
+BLACK_MODEL_VALUE = -1.0
+# π0 normalization eps (spec §6.3), used by both directions of both modes.
+NORM_EPS = 1e-6
+# norm_stats.json layout: <checkpoint>/assets/<asset_id>/norm_stats.json.
+ASSETS_DIR_NAME = 'assets'
+NORM_STATS_FILE_NAME = 'norm_stats.json'
+NORM_STATS_ROOT_KEY = 'norm_stats'
+STATE_KEY = 'state'
+ACTIONS_KEY = 'actions'
+
+
+# ----------------------------------------------------------------------------------------------
+# Images
+
+
+def check_rgb_image(image: np.ndarray, name: str = 'image') -> np.ndarray:
+    """
+    Check that an image is RGB HWC uint8.
+
+    Args:
+        image: the image (H, W, 3) uint8.
+        name: what to call it in errors (e.g. the camera name).
+
+    Returns:
+        The image as a numpy array.
+
+    Raises:
+        ValueError: wrong type, shape or dtype.
+
+    """
+    if not isinstance(image, np.ndarray):
+        raise ValueError(
+            f'{name}: expected an RGB image as a numpy array (H, W, 3) uint8, got '
+            f'{type(image).__name__}; convert it first (ROS images: pi0_policy.ros.conversions).')
+    if image.ndim != 3 or image.shape[-1] != RGB_CHANNELS or image.shape[0] == 0 \
+            or image.shape[1] == 0:
+        raise ValueError(
+            f'{name}: expected shape (H, W, 3) (HWC RGB), got {image.shape}; transpose CHW '
+            'images to HWC and drop any alpha channel.')
+    if image.dtype != np.uint8:
+        raise ValueError(
+            f'{name}: expected dtype uint8 (0..255), got {image.dtype}; convert float images with '
+            '(x * 255).round().astype(np.uint8).')
+    return image
+
+
+def resize_with_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """
+    Resize an image to fit in (height, width) keeping its aspect ratio, centred on black.
+
+    Bilinear (PIL) on uint8, as openpi-client's ``image_tools.resize_with_pad``: scale by
+    ``r = max(w / width, h / height)``, resize to ``(int(h / r), int(w / r))`` and paste at
+    offsets ``int((height - new_h) / 2)``, ``int((width - new_w) / 2)`` on a zero canvas (an odd
+    leftover pixel goes to the bottom/right). An image already of the target size is returned
+    unchanged.
+
+    Args:
+        image: (H, W, 3) uint8 or a batch (..., H, W, 3) uint8.
+        height: target height in pixels.
+        width: target width in pixels.
+
+    Returns:
+        (..., height, width, 3) uint8.
+
+    """
+    if image.ndim > 3:
+        lead = image.shape[:-3]
+        flat = image.reshape((-1,) + image.shape[-3:])
+        out = np.stack([resize_with_pad(one, height, width) for one in flat])
+        return out.reshape(lead + out.shape[1:])
+    cur_h, cur_w = image.shape[:2]
+    if (cur_h, cur_w) == (height, width):
+        return image
+    ratio = max(cur_w / width, cur_h / height)
+    new_h = int(cur_h / ratio)
+    new_w = int(cur_w / ratio)
+    resized = np.asarray(
+        Image.fromarray(image).resize((new_w, new_h), resample=Image.BILINEAR))
+    canvas = np.zeros((height, width) + image.shape[2:], dtype=image.dtype)
+    top = max(0, int((height - new_h) / 2))
+    left = max(0, int((width - new_w) / 2))
+    canvas[top:top + new_h, left:left + new_w] = resized
+    return canvas
+
+
+def image_to_model(image: np.ndarray) -> np.ndarray:
+    """Map an (H, W, 3) uint8 image to the model's (3, H, W) float32 in [-1, 1]."""
+    chw = np.transpose(image, (2, 0, 1)).astype(np.float32)  # (3, H, W)
+    return chw * np.float32(2.0 / UINT8_MAX) - np.float32(1.0)
+
+
+def black_image(height: int, width: int) -> np.ndarray:
+    """Return a missing camera's image in model space: (3, H, W) float32 of -1."""
+    return np.full((RGB_CHANNELS, height, width), BLACK_MODEL_VALUE, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Normalization
+
+
+class NormMode(enum.Enum):
+    """How vectors are normalized (π0 uses z-score; π0-FAST / π0.5 use quantiles)."""
+
+    ZSCORE = 'zscore'
+    QUANTILE = 'quantile'
+
+
+@dataclass(frozen=True)
+class NormStats:
+    """Statistics of one vector (openpi ``NormStats``), in the vector's native width D."""
+
+    # (D,) mean.
+    mean: np.ndarray
+    # (D,) standard deviation.
+    std: np.ndarray
+    # (D,) 1st percentile, or None.
+    q01: np.ndarray | None = None
+    # (D,) 99th percentile, or None.
+    q99: np.ndarray | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict, name: str = 'stats') -> NormStats:
+        """
+        Build from a ``{mean, std, q01?, q99?}`` mapping.
+
+        Raises:
+            ValueError: a key is missing or the vectors have different lengths.
+
+        """
+        missing = [k for k in ('mean', 'std') if k not in data]
+        if missing:
+            raise ValueError(
+                f'Norm stats {name!r} lack {missing}; expected keys mean, std (and optionally '
+                f'q01, q99), got {sorted(data)}.')
+        arrays = {k: np.asarray(data[k], dtype=np.float64) for k in ('mean', 'std', 'q01', 'q99')
+                  if data.get(k) is not None}
+        widths = {k: v.shape for k, v in arrays.items()}
+        if any(v.ndim != 1 for v in arrays.values()) or len(set(widths.values())) != 1:
+            raise ValueError(
+                f'Norm stats {name!r} must be 1-D vectors of one length, got shapes {widths}.')
+        return cls(**arrays)
+
+    @property
+    def width(self) -> int:
+        """Return the number of dimensions the statistics cover."""
+        return int(self.mean.shape[0])
+
+
+def _mode_params(stats: NormStats, mode: NormMode, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return (offset, scale) over the first ``width`` dims: x_norm = (x - offset) / scale."""
+    if mode is NormMode.ZSCORE:
+        return stats.mean[:width], stats.std[:width] + NORM_EPS
+    if stats.q01 is None or stats.q99 is None:
+        raise ValueError(
+            'Quantile normalization needs q01 and q99 in norm_stats.json, which has only '
+            'mean/std; use NormMode.ZSCORE (π0) or recompute the statistics with quantiles.')
+    return stats.q01[:width], stats.q99[:width] - stats.q01[:width] + NORM_EPS
+
+
+def normalize(x: np.ndarray, stats: NormStats, mode: NormMode = NormMode.ZSCORE) -> np.ndarray:
+    """
+    Normalize the leading dims of x that the statistics cover; leave the others unchanged.
+
+    z-score: ``(x - mean) / (std + 1e-6)``; quantile: ``(x - q01) / (q99 - q01 + 1e-6) * 2 - 1``.
+
+    Args:
+        x: (..., D) values.
+        stats: statistics of width S; dims >= S of x are passed through, stats beyond D ignored.
+        mode: normalization mode.
+
+    Returns:
+        (..., D) float64.
+
+    """
+    out = np.array(x, dtype=np.float64)
+    width = min(stats.width, out.shape[-1])
+    offset, scale = _mode_params(stats, mode, width)
+    part = (out[..., :width] - offset) / scale
+    out[..., :width] = part * 2.0 - 1.0 if mode is NormMode.QUANTILE else part
+    return out
+
+
+def unnormalize(x: np.ndarray, stats: NormStats, mode: NormMode = NormMode.ZSCORE) -> np.ndarray:
+    """
+    Invert :func:`normalize` on the leading dims the statistics cover.
+
+    z-score: ``x * (std + 1e-6) + mean``; quantile: ``(x + 1) / 2 * (q99 - q01 + 1e-6) + q01``.
+
+    Args:
+        x: (..., D) normalized values.
+        stats: statistics of width S.
+        mode: normalization mode.
+
+    Returns:
+        (..., D) float64.
+
+    """
+    out = np.array(x, dtype=np.float64)
+    width = min(stats.width, out.shape[-1])
+    offset, scale = _mode_params(stats, mode, width)
+    part = out[..., :width]
+    if mode is NormMode.QUANTILE:
+        part = (part + 1.0) / 2.0
+    out[..., :width] = part * scale + offset
+    return out
+
+
+def list_asset_ids(checkpoint_dir: str | Path) -> list[str]:
+    """Return the asset ids under ``<checkpoint_dir>/assets`` that hold a norm_stats.json."""
+    assets = Path(checkpoint_dir) / ASSETS_DIR_NAME
+    if not assets.is_dir():
+        return []
+    return sorted(p.name for p in assets.iterdir() if (p / NORM_STATS_FILE_NAME).is_file())
+
+
+def find_norm_stats(checkpoint_dir: str | Path, asset_id: str | None = None) -> Path | None:
+    """
+    Locate ``<checkpoint_dir>/assets/<asset_id>/norm_stats.json``.
+
+    Args:
+        checkpoint_dir: the checkpoint folder.
+        asset_id: the asset to use; None picks the only one present.
+
+    Returns:
+        The file, or None when the checkpoint has no statistics at all (and no asset_id was asked).
+
+    Raises:
+        ValueError: the asked asset id does not exist, or several exist and none was chosen.
+
+    """
+    ids = list_asset_ids(checkpoint_dir)
+    if asset_id is not None:
+        if asset_id not in ids:
+            raise ValueError(
+                f'Asset id {asset_id!r} has no {NORM_STATS_FILE_NAME} in '
+                f'{str(Path(checkpoint_dir) / ASSETS_DIR_NAME)!r}; available asset ids: {ids}.')
+        return Path(checkpoint_dir) / ASSETS_DIR_NAME / asset_id / NORM_STATS_FILE_NAME
+    if not ids:
+        return None
+    if len(ids) > 1:
+        raise ValueError(
+            f'Checkpoint {str(checkpoint_dir)!r} has norm stats for several asset ids {ids}; '
+            'choose one with asset_id=<id>.')
+    return Path(checkpoint_dir) / ASSETS_DIR_NAME / ids[0] / NORM_STATS_FILE_NAME
+
+
+def load_norm_stats(path: str | Path) -> dict[str, NormStats]:
+    """
+    Read an openpi ``norm_stats.json`` (``{"norm_stats": {key: {mean, std, q01, q99}}}``).
+
+    Returns:
+        Statistics by key (``state``, ``actions``, ...).
+
+    Raises:
+        ValueError: the file is not valid JSON of that layout.
+
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f'Cannot read norm stats {str(path)!r}: {e}.') from e
+    if not isinstance(data, dict) or not isinstance(data.get(NORM_STATS_ROOT_KEY), dict):
+        raise ValueError(
+            f'{str(path)!r} is not an openpi norm_stats.json: expected a top-level '
+            f'{NORM_STATS_ROOT_KEY!r} object mapping keys to {{mean, std, q01, q99}}.')
+    return {key: NormStats.from_dict(value, f'{path.name}:{key}')
+            for key, value in data[NORM_STATS_ROOT_KEY].items()}
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """State/action normalization of one checkpoint; identity where statistics are missing."""
+
+    # Statistics of the unified state, or None for identity.
+    state: NormStats | None = None
+    # Statistics of the unified actions, or None for identity.
+    actions: NormStats | None = None
+    # z-score for π0.
+    mode: NormMode = NormMode.ZSCORE
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint_dir: str | Path | None, asset_id: str | None = None,
+        mode: NormMode = NormMode.ZSCORE,
+    ) -> Normalizer:
+        """
+        Load the statistics of a checkpoint (identity, logged, when it has none).
+
+        Raises:
+            ValueError: see :func:`find_norm_stats`; a stats file without state or actions.
+
+        """
+        path = None if checkpoint_dir is None else find_norm_stats(checkpoint_dir, asset_id)
+        if path is None:
+            _LOG.warning(
+                'No %s for checkpoint %s: state and actions are NOT normalized (identity).',
+                NORM_STATS_FILE_NAME, checkpoint_dir)
+            return cls(mode=mode)
+        stats = load_norm_stats(path)
+        missing = [k for k in (STATE_KEY, ACTIONS_KEY) if k not in stats]
+        if missing:
+            raise ValueError(
+                f'{str(path)!r} lacks statistics for {missing}; expected keys '
+                f'{[STATE_KEY, ACTIONS_KEY]}, got {sorted(stats)}.')
+        _LOG.info('Loaded norm stats %s (%s).', path, mode.value)
+        return cls(state=stats[STATE_KEY], actions=stats[ACTIONS_KEY], mode=mode)
+
+    @property
+    def is_identity(self) -> bool:
+        """Return whether no statistics are loaded."""
+        return self.state is None and self.actions is None
+
+    def normalize_state(self, state: np.ndarray) -> np.ndarray:
+        """Normalize a (..., U) state."""
+        return np.asarray(state, np.float64) if self.state is None \
+            else normalize(state, self.state, self.mode)
+
+    def unnormalize_state(self, state: np.ndarray) -> np.ndarray:
+        """Invert :meth:`normalize_state`."""
+        return np.asarray(state, np.float64) if self.state is None \
+            else unnormalize(state, self.state, self.mode)
+
+    def normalize_actions(self, actions: np.ndarray) -> np.ndarray:
+        """Normalize (..., T, U) actions."""
+        return np.asarray(actions, np.float64) if self.actions is None \
+            else normalize(actions, self.actions, self.mode)
+
+    def unnormalize_actions(self, actions: np.ndarray) -> np.ndarray:
+        """Invert :meth:`normalize_actions`."""
+        return np.asarray(actions, np.float64) if self.actions is None \
+            else unnormalize(actions, self.actions, self.mode)
+
+
+# ----------------------------------------------------------------------------------------------
+# Delta actions
+
+
+def _check_delta_shapes(actions: np.ndarray, state: np.ndarray, mask: np.ndarray) -> None:
+    if state.shape[-1] != actions.shape[-1] or mask.shape != (actions.shape[-1],):
+        raise ValueError(
+            f'Delta transform needs actions (..., T, U), state (..., U) and mask (U,) of one '
+            f'width, got actions {actions.shape}, state {state.shape}, mask {mask.shape}.')
+
+
+def delta_to_absolute(
+    actions: np.ndarray, state: np.ndarray, delta_mask: np.ndarray,
+) -> np.ndarray:
+    """
+    Turn delta actions into absolute ones: ``a + state`` on the dims where delta_mask is True.
+
+    Args:
+        actions: (..., T, U) unnormalized actions.
+        state: (..., U) unnormalized state the deltas are relative to.
+        delta_mask: (U,) bool.
+
+    Returns:
+        (..., T, U) absolute actions.
+
+    """
+    actions = np.asarray(actions, np.float64)
+    state = np.asarray(state, np.float64)
+    mask = np.asarray(delta_mask, bool)
+    _check_delta_shapes(actions, state, mask)
+    return actions + np.where(mask, state, 0.0)[..., None, :]
+
+
+def absolute_to_delta(
+    actions: np.ndarray, state: np.ndarray, delta_mask: np.ndarray,
+) -> np.ndarray:
+    """Invert :func:`delta_to_absolute` (used to build training targets)."""
+    actions = np.asarray(actions, np.float64)
+    state = np.asarray(state, np.float64)
+    mask = np.asarray(delta_mask, bool)
+    _check_delta_shapes(actions, state, mask)
+    return actions - np.where(mask, state, 0.0)[..., None, :]

@@ -1,0 +1,180 @@
+"""Tests of image preprocessing, normalization statistics and delta actions."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+from openpi_client import image_tools
+from pi0_policy.runtime import transforms as tf
+import pytest
+
+MODEL_SIZE = 224
+# (height, width) of test images: landscape, portrait, square, odd sizes, up- and down-scaling.
+IMAGE_SIZES = [(480, 640), (640, 480), (100, 100), (37, 101), (224, 224), (301, 203), (50, 300)]
+STATE_WIDTH = 14
+UNIFIED_WIDTH = 18
+
+
+@pytest.mark.parametrize('size', IMAGE_SIZES)
+def test_resize_with_pad_equals_openpi_client(size):
+    rng = np.random.default_rng(size[0] * 1000 + size[1])
+    image = rng.integers(0, 256, size + (3,), dtype=np.uint8)
+    ours = tf.resize_with_pad(image, MODEL_SIZE, MODEL_SIZE)
+    ref = image_tools.resize_with_pad(image, MODEL_SIZE, MODEL_SIZE)
+    assert ours.shape == (MODEL_SIZE, MODEL_SIZE, 3) and ours.dtype == np.uint8
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_resize_with_pad_batch_and_non_square_target():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (2, 3, 60, 90, 3), dtype=np.uint8)
+    ours = tf.resize_with_pad(images, 48, 64)
+    assert ours.shape == (2, 3, 48, 64, 3)
+    np.testing.assert_array_equal(ours, image_tools.resize_with_pad(images, 48, 64))
+
+
+def test_resize_with_pad_is_centred_on_black():
+    image = np.full((100, 200, 3), 255, dtype=np.uint8)
+    out = tf.resize_with_pad(image, MODEL_SIZE, MODEL_SIZE)
+    # 200x100 → 224x112, offsets (56, 0): black bands above and below.
+    assert (out[:56] == 0).all() and (out[56 + 112:] == 0).all()
+    assert (out[56:56 + 112] == 255).all()
+
+
+def test_image_to_model_range_and_layout():
+    image = np.zeros((2, 3, 3), dtype=np.uint8)
+    image[0, 0] = [0, 128, 255]
+    out = tf.image_to_model(image)
+    assert out.shape == (3, 2, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out[:, 0, 0], [-1.0, 128 / 255 * 2 - 1, 1.0], atol=1e-6)
+    assert (out[:, 1, :] == -1.0).all()
+    black = tf.black_image(4, 5)
+    assert black.shape == (3, 4, 5) and (black == -1.0).all()
+
+
+def test_check_rgb_image_errors():
+    good = np.zeros((4, 4, 3), np.uint8)
+    assert tf.check_rgb_image(good) is good
+    with pytest.raises(ValueError, match=r'cam_high: expected shape \(H, W, 3\).*got \(3, 4, 4\)'):
+        tf.check_rgb_image(np.zeros((3, 4, 4), np.uint8), 'cam_high')
+    with pytest.raises(ValueError, match=r'expected shape .* got \(4, 4, 4\)'):
+        tf.check_rgb_image(np.zeros((4, 4, 4), np.uint8))
+    with pytest.raises(ValueError, match='expected dtype uint8.*got float32'):
+        tf.check_rgb_image(np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(ValueError, match='as a numpy array.*got list'):
+        tf.check_rgb_image([[0, 0, 0]])
+
+
+def make_stats(width: int, seed: int = 0, quantiles: bool = True) -> tf.NormStats:
+    rng = np.random.default_rng(seed)
+    mean = rng.normal(size=width)
+    std = rng.uniform(0.1, 2.0, size=width)
+    data = {'mean': mean, 'std': std}
+    if quantiles:
+        data.update(q01=mean - 2 * std, q99=mean + 2 * std)
+    return tf.NormStats.from_dict(data)
+
+
+@pytest.mark.parametrize('mode', list(tf.NormMode))
+def test_normalize_round_trip(mode):
+    stats = make_stats(STATE_WIDTH)
+    x = np.random.default_rng(3).normal(size=(5, UNIFIED_WIDTH))
+    y = tf.normalize(x, stats, mode)
+    # Only the leading dims the stats cover change.
+    np.testing.assert_array_equal(y[:, STATE_WIDTH:], x[:, STATE_WIDTH:])
+    assert not np.allclose(y[:, :STATE_WIDTH], x[:, :STATE_WIDTH])
+    np.testing.assert_allclose(tf.unnormalize(y, stats, mode), x, atol=1e-12)
+
+
+def test_zscore_and_quantile_formulas_with_eps():
+    stats = tf.NormStats.from_dict(
+        {'mean': [1.0, 0.0], 'std': [2.0, 0.0], 'q01': [0.0, 5.0], 'q99': [4.0, 5.0]})
+    x = np.array([3.0, 0.5])
+    np.testing.assert_allclose(
+        tf.normalize(x, stats), [2.0 / (2.0 + tf.NORM_EPS), 0.5 / tf.NORM_EPS])
+    np.testing.assert_allclose(
+        tf.normalize(x, stats, tf.NormMode.QUANTILE),
+        [3.0 / (4.0 + tf.NORM_EPS) * 2 - 1, (0.5 - 5.0) / tf.NORM_EPS * 2 - 1])
+    np.testing.assert_allclose(
+        tf.unnormalize(np.array([1.0, 1.0]), stats), [2.0 + tf.NORM_EPS + 1.0, tf.NORM_EPS])
+
+
+def test_stats_wider_than_vector_are_sliced():
+    stats = make_stats(UNIFIED_WIDTH)
+    x = np.ones(4)
+    expected = (x - stats.mean[:4]) / (stats.std[:4] + tf.NORM_EPS)
+    np.testing.assert_allclose(tf.normalize(x, stats), expected)
+
+
+def test_quantile_without_quantiles_errors():
+    stats = make_stats(3, quantiles=False)
+    with pytest.raises(ValueError, match='Quantile normalization needs q01 and q99'):
+        tf.normalize(np.zeros(3), stats, tf.NormMode.QUANTILE)
+
+
+def test_norm_stats_validation():
+    with pytest.raises(ValueError, match=r"lack \['std'\]"):
+        tf.NormStats.from_dict({'mean': [0.0]})
+    with pytest.raises(ValueError, match='must be 1-D vectors of one length'):
+        tf.NormStats.from_dict({'mean': [0.0, 1.0], 'std': [1.0]})
+
+
+def write_stats(root: Path, asset_id: str, width: int = STATE_WIDTH) -> dict:
+    stats = make_stats(width)
+    entry = {k: getattr(stats, k).tolist() for k in ('mean', 'std', 'q01', 'q99')}
+    data = {'norm_stats': {'state': entry, 'actions': entry}}
+    folder = root / 'assets' / asset_id
+    folder.mkdir(parents=True)
+    (folder / 'norm_stats.json').write_text(json.dumps(data))
+    return data
+
+
+def test_normalizer_from_checkpoint_asset_selection(tmp_path, caplog):
+    identity = tf.Normalizer.from_checkpoint(tmp_path)
+    assert identity.is_identity and 'NOT normalized' in caplog.text
+    x = np.arange(3.0)
+    np.testing.assert_array_equal(identity.normalize_state(x), x)
+    np.testing.assert_array_equal(identity.unnormalize_actions(x), x)
+    data = write_stats(tmp_path, 'aloha')
+    norm = tf.Normalizer.from_checkpoint(tmp_path)
+    np.testing.assert_allclose(norm.state.mean, data['norm_stats']['state']['mean'])
+    assert tf.Normalizer.from_checkpoint(tmp_path, 'aloha').actions.width == STATE_WIDTH
+    with pytest.raises(ValueError, match=r"Asset id 'droid' .* available asset ids: \['aloha'\]"):
+        tf.Normalizer.from_checkpoint(tmp_path, 'droid')
+    write_stats(tmp_path, 'droid')
+    with pytest.raises(ValueError, match=r"several asset ids \['aloha', 'droid'\]"):
+        tf.Normalizer.from_checkpoint(tmp_path)
+    assert not tf.Normalizer.from_checkpoint(tmp_path, 'droid').is_identity
+
+
+def test_normalizer_round_trip_and_bad_files(tmp_path):
+    write_stats(tmp_path, 'a')
+    norm = tf.Normalizer.from_checkpoint(tmp_path, mode=tf.NormMode.QUANTILE)
+    state = np.random.default_rng(0).normal(size=UNIFIED_WIDTH)
+    np.testing.assert_allclose(norm.unnormalize_state(norm.normalize_state(state)), state)
+    actions = np.random.default_rng(1).normal(size=(7, UNIFIED_WIDTH))
+    np.testing.assert_allclose(norm.unnormalize_actions(norm.normalize_actions(actions)), actions)
+    path = tmp_path / 'assets' / 'a' / 'norm_stats.json'
+    path.write_text('{"state": {}}')
+    with pytest.raises(ValueError, match='is not an openpi norm_stats.json'):
+        tf.Normalizer.from_checkpoint(tmp_path)
+    path.write_text('{"norm_stats": {"state": {"mean": [0], "std": [1]}}}')
+    with pytest.raises(ValueError, match=r"lacks statistics for \['actions'\]"):
+        tf.Normalizer.from_checkpoint(tmp_path)
+    path.write_text('{not json')
+    with pytest.raises(ValueError, match='Cannot read norm stats'):
+        tf.load_norm_stats(path)
+
+
+def test_delta_absolute_round_trip():
+    rng = np.random.default_rng(0)
+    actions = rng.normal(size=(10, UNIFIED_WIDTH))
+    state = rng.normal(size=UNIFIED_WIDTH)
+    mask = np.zeros(UNIFIED_WIDTH, bool)
+    mask[:6] = True
+    absolute = tf.delta_to_absolute(actions, state, mask)
+    np.testing.assert_allclose(absolute[:, :6], actions[:, :6] + state[:6])
+    np.testing.assert_array_equal(absolute[:, 6:], actions[:, 6:])
+    np.testing.assert_allclose(tf.absolute_to_delta(absolute, state, mask), actions)
+    with pytest.raises(ValueError, match='of one width'):
+        tf.delta_to_absolute(actions, state[:4], mask)
