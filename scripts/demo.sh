@@ -9,4 +9,4 @@ bash scripts/setup.sh
 # shellcheck disable=SC1091
 source ./env.sh
 export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$(( (RANDOM % 100) + 1 ))}"
-exec pi0_sim_demo --output-dir "$ROOT/out/demo" "$@"
+exec pi0_sim_demo --duration 20 --output-dir "$ROOT/out/demo" "$@"

@@ -1,0 +1,566 @@
+"""
+Run the simulated bimanual ALOHA driven by the pi0 node for a bounded time and report on it.
+
+``pi0_sim_demo --duration S --output-dir DIR [--checkpoint PATH] [--prompt TEXT]`` starts the sim
+node (``aloha_sim``) and the pi0 node with the bimanual ALOHA config (the tiny random model when no
+checkpoint is given, so the arms move meaninglessly) as two processes -- each has its own GIL,
+which a 2-core machine needs -- with the parameters of ``config/sim_bimanual.yaml``. A recorder
+node in this process listens on the topics a real robot would. The demo waits until the pi0 node
+is active (autostart), enables it through ``~/enable``, runs for the duration, stops both
+processes with SIGINT, prints a summary and writes to the output folder ``summary.json``,
+``joints.png`` (commanded vs measured joints over time), ``top_camera.mp4`` (or ``.gif``), the
+parameters used (``params.yaml``) and one log per node.
+"""
+
+import argparse
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+import json
+import math
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from diagnostic_msgs.msg import DiagnosticArray
+from embodiment_adapters import load_robot_config, make_adapter
+from embodiment_adapters.config import CommandSpec, CommandType
+from lifecycle_msgs.srv import GetState
+import numpy as np
+from pi0_msgs.msg import ActionChunk, PolicyStatus
+from pi0_policy.ros import conversions
+from pi0_policy.ros.sim_node import DIAGNOSTIC_NAME, NODE_NAME as SIM_NODE_NAME
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.utilities import remove_ros_args
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64MultiArray
+from std_srvs.srv import SetBool
+from trajectory_msgs.msg import JointTrajectory
+import yaml
+
+# Node name of pi0_policy.ros.policy_node (not imported here: it would load torch into the demo).
+POLICY_NODE_NAME = 'pi0_policy_node'
+POLICY_MODULE = 'pi0_policy.ros.policy_node'
+SIM_MODULE = 'pi0_policy.ros.sim_node'
+DEFAULT_ROBOT = 'aloha'
+
+DEFAULT_DURATION = 20.0  # seconds
+DEFAULT_OUTPUT_DIR = 'out/sim_demo'
+DEFAULT_PROMPT = 'transfer the cube to the other arm'
+PARAMS_FILE = 'sim_bimanual.yaml'
+PARAMS_OUT_FILE = 'params.yaml'
+DEFAULT_STARTUP_TIMEOUT = 180.0  # seconds; loading a full pi0 checkpoint takes a while
+PACKAGE = 'pi0_policy'
+RECORDER_NODE_NAME = 'pi0_sim_demo_recorder'
+ROS_PARAMETERS_KEY = 'ros__parameters'
+SUMMARY_FILE = 'summary.json'
+PLOT_FILE = 'joints.png'
+VIDEO_FORMATS = ('mp4', 'gif')
+VIDEO_STEM = 'top_camera'
+# Seconds to wait for a service answer, for a process to stop, between liveness checks.
+SERVICE_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
+POLL_PERIOD = 0.5
+LOG_TAIL_LINES = 30
+# Exit codes of a node stopped by SIGINT: rclpy's clean shutdown, or Python's default handler.
+CLEAN_EXIT_CODES = (0, -signal.SIGINT)
+# Camera frames kept for the video (10 Hz x 60 s).
+MAX_FRAMES = 600
+ACTIVE_LABEL = 'active'
+# Commands may touch a limit exactly; anything beyond it by more than this counts (robot units).
+LIMIT_TOLERANCE = 1e-9
+MS = 1000.0
+PERCENTILES = (50.0, 99.0)
+PLOT_DPI = 100
+PLOT_COLUMN_INCHES = 6.0
+PLOT_ROW_INCHES = 1.9
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What one demo run does."""
+
+    # Seconds the nodes run once the pi0 node is active (model loading comes before).
+    duration: float = DEFAULT_DURATION
+    # Folder of summary.json, joints.png and the video (created if missing).
+    output_dir: pathlib.Path = pathlib.Path(DEFAULT_OUTPUT_DIR)
+    # pi0 checkpoint folder; empty uses the tiny random model.
+    checkpoint: str = ''
+    # Instruction the policy is conditioned on.
+    prompt: str = DEFAULT_PROMPT
+    # Torch device of the policy.
+    device: str = 'cpu'
+    # Run on simulated time with /clock instead of real time.
+    sim_time: bool = False
+    # Video container: 'mp4' (small; needs ffmpeg from imageio-ffmpeg) or 'gif'.
+    video_format: str = 'mp4'
+    # Seconds the pi0 node may take to load and become active.
+    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
+
+    def __post_init__(self) -> None:
+        """Validate the fields."""
+        if not self.duration > 0.0:
+            raise ValueError(f'duration ({self.duration}) must be > 0 seconds.')
+        if self.video_format not in VIDEO_FORMATS:
+            raise ValueError(f'video_format {self.video_format!r} must be one of '
+                             f'{list(VIDEO_FORMATS)}.')
+
+
+@dataclass
+class DemoResult:
+    """What a run produced: the summary and the raw records behind it."""
+
+    summary: dict[str, Any]
+    # Action name -> [(seconds since start, commanded value)], every commanded value.
+    commands: dict[str, list[tuple[float, float]]]
+    # Action name -> [(seconds since start, measured value)] (gripper: the gripper joint).
+    measured: dict[str, list[tuple[float, float]]]
+    # Commanded values outside the robot config's limits: (action name, value).
+    violations: list[tuple[str, float]]
+
+
+def find_params_file(name: str = PARAMS_FILE) -> pathlib.Path:
+    """
+    Return ``config/<name>`` from the source tree or the installed package share.
+
+    Raises:
+        FileNotFoundError: Neither holds the file.
+
+    """
+    candidates = [pathlib.Path(__file__).resolve().parents[3] / 'config' / name]
+    for prefix in filter(None, os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep)):
+        candidates.append(pathlib.Path(prefix) / 'share' / PACKAGE / 'config' / name)
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f'{name} not found in {[str(p) for p in candidates]}; run from the '
+                            'repository or source install/setup.bash after colcon build.')
+
+
+class DemoRecorder(Node):
+    """Record commands, joint states, the top camera and the pi0 node's status and chunks."""
+
+    def __init__(self, adapter: Any, top_topic: str, **kwargs: Any) -> None:
+        """Subscribe to the robot's command, joint-state and top camera topics."""
+        super().__init__(RECORDER_NODE_NAME, **kwargs)
+        self._adapter, self._start = adapter, time.monotonic()
+        self._lock = threading.Lock()
+        self.commands: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        self.measured: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        self.messages: dict[str, int] = defaultdict(int)
+        self.frames: list[np.ndarray] = []
+        self.latencies: list[float] = []
+        self.status: PolicyStatus | None = None
+        self.states_seen: dict[str, int] = defaultdict(int)
+        self.sim_stats: dict[str, float] = {}
+        self._recording = True
+        for spec in adapter.commands:
+            msg_type = (JointTrajectory if spec.type == CommandType.JOINT_TRAJECTORY
+                        else Float64MultiArray)
+            self.create_subscription(msg_type, spec.topic, self._command_callback(spec), 10)
+        for topic in adapter.joint_state_topics:
+            self.create_subscription(
+                JointState, topic.topic,
+                lambda msg, prefix=topic.prefix: self._on_joint_state(prefix, msg), 10)
+        self.create_subscription(Image, top_topic, self._on_image, 10)
+        self.create_subscription(PolicyStatus, f'/{POLICY_NODE_NAME}/status', self._on_status, 10)
+        self.create_subscription(ActionChunk, f'/{POLICY_NODE_NAME}/action_chunk',
+                                 self._on_chunk, 10)
+        self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
+        self.get_state = self.create_client(GetState, f'/{POLICY_NODE_NAME}/get_state')
+        self.enable = self.create_client(SetBool, f'/{POLICY_NODE_NAME}/enable')
+
+    def elapsed(self) -> float:
+        """Return seconds since the recorder started (or restarted its clock)."""
+        return time.monotonic() - self._start
+
+    def restart_clock(self) -> None:
+        """Drop what was recorded so far and count time from now."""
+        with self._lock:
+            self._start = time.monotonic()
+            for records in (self.commands, self.measured, self.messages, self.states_seen):
+                records.clear()
+            self.frames.clear()
+            self.latencies.clear()
+
+    def stop_recording(self) -> float:
+        """Ignore further messages; return the seconds recorded."""
+        with self._lock:
+            self._recording = False
+            return self.elapsed()
+
+    def _command_callback(self, spec: CommandSpec) -> Callable[[Any], None]:
+        message_names = spec.joint_names or spec.names
+        to_action = dict(zip(message_names, spec.names))
+
+        def callback(msg: JointTrajectory | Float64MultiArray) -> None:
+            now = self.elapsed()
+            if not self._recording:
+                return
+            if isinstance(msg, Float64MultiArray):
+                rows = [(spec.names, msg.data)]
+            else:
+                names = [to_action.get(name, name) for name in msg.joint_names]
+                rows = [(names, point.positions) for point in msg.points]
+            with self._lock:
+                self.messages[spec.topic] += 1
+                for names, values in rows:
+                    for name, value in zip(names, values):
+                        self.commands[name].append((now, float(value)))
+        return callback
+
+    def _on_joint_state(self, prefix: str, msg: JointState) -> None:
+        now = self.elapsed()
+        with self._lock:
+            if not self._recording:
+                return
+            for name, value in zip(msg.name, msg.position):
+                self.measured[prefix + name].append((now, float(value)))
+
+    def _on_image(self, msg: Image) -> None:
+        with self._lock:
+            if self._recording and len(self.frames) < MAX_FRAMES:
+                self.frames.append(conversions.image_to_rgb(msg, use_cv_bridge=False))
+
+    def _on_status(self, msg: PolicyStatus) -> None:
+        with self._lock:
+            if not self._recording:
+                return
+            self.status = msg
+            self.states_seen[msg.state_name.split(':')[0]] += 1
+
+    def _on_chunk(self, msg: ActionChunk) -> None:
+        with self._lock:
+            if self._recording:
+                self.latencies.append(float(msg.inference_latency))
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name == DIAGNOSTIC_NAME and self._recording:
+                self.sim_stats = {kv.key: float(kv.value) for kv in status.values}
+
+
+def call_service(client: Any, request: Any, what: str) -> Any:
+    """
+    Call a service of the pi0 node while another thread spins, and return the response.
+
+    Raises:
+        RuntimeError: The service did not appear or answer within ``SERVICE_TIMEOUT``.
+
+    """
+    if not client.wait_for_service(timeout_sec=SERVICE_TIMEOUT):
+        raise RuntimeError(f'{what}: service {client.srv_name} did not appear within '
+                           f'{SERVICE_TIMEOUT} s; is the pi0 node running?')
+    event = threading.Event()
+    future = client.call_async(request)
+    future.add_done_callback(lambda _: event.set())
+    if not event.wait(SERVICE_TIMEOUT) or future.result() is None:
+        raise RuntimeError(f'{what}: {client.srv_name} did not answer within {SERVICE_TIMEOUT} s.')
+    return future.result()
+
+
+def limit_violations(adapter: Any, commands: dict[str, list[tuple[float, float]]]
+                     ) -> list[tuple[str, float]]:
+    """Return every commanded (name, value) outside the adapter's [lower, upper]."""
+    bounds = dict(zip(adapter.action_names, zip(adapter.lower, adapter.upper)))
+    out = []
+    for name, samples in commands.items():
+        low, high = bounds.get(name, (-math.inf, math.inf))
+        out += [(name, value) for _, value in samples
+                if not low - LIMIT_TOLERANCE <= value <= high + LIMIT_TOLERANCE]
+    return out
+
+
+def _percentiles_ms(seconds: Sequence[float]) -> dict[str, float]:
+    if not seconds:
+        return {f'p{p:g}': math.nan for p in PERCENTILES}
+    return {f'p{p:g}': float(np.percentile(np.asarray(seconds) * MS, p)) for p in PERCENTILES}
+
+
+def write_plot(path: pathlib.Path, names: Sequence[str],
+               commands: dict[str, list[tuple[float, float]]],
+               measured: dict[str, list[tuple[float, float]]]) -> None:
+    """Plot commanded (dashed) vs measured (solid) position of every action over time."""
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib import pyplot
+    columns = 2
+    rows = math.ceil(len(names) / columns)
+    figure, axes = pyplot.subplots(rows, columns, sharex=True, squeeze=False,
+                                   figsize=(PLOT_COLUMN_INCHES * columns, PLOT_ROW_INCHES * rows))
+    for k, name in enumerate(names):
+        # Column per arm when the names split evenly (ALOHA: left 7, right 7).
+        ax = axes[k % rows, k // rows]
+        for data, style, label in ((measured.get(name), '-', 'measured'),
+                                   (commands.get(name), '--', 'commanded')):
+            if data:
+                t, v = np.asarray(data).T
+                ax.plot(t, v, style, label=label, linewidth=1.2)
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel('time since start (s)')
+    axes[0, 0].legend(fontsize=8, loc='best')
+    figure.suptitle('pi0 on the simulated ALOHA: commanded vs measured (rad)')
+    figure.tight_layout()
+    figure.savefig(path, dpi=PLOT_DPI)
+    pyplot.close(figure)
+
+
+def write_video(path: pathlib.Path, frames: Sequence[np.ndarray], fps: float) -> pathlib.Path:
+    """Write ``frames`` ((H, W, 3) uint8 each) as MP4, or GIF when MP4 cannot be written."""
+    import imageio.v2 as imageio
+    if path.suffix == '.mp4':
+        try:
+            imageio.mimwrite(path, frames, fps=fps, macro_block_size=1)
+            return path
+        except (ImportError, OSError, RuntimeError, ValueError):
+            path = path.with_suffix('.gif')  # no ffmpeg here: fall back to a GIF
+    imageio.mimwrite(path, frames, duration=MS / fps, loop=0)
+    return path
+
+
+def _package_root() -> pathlib.Path:
+    """Return the folder that holds the pi0_policy and embodiment_adapters packages."""
+    return pathlib.Path(__file__).resolve().parents[2]
+
+
+def write_params(options: DemoOptions, path: pathlib.Path) -> dict[str, Any]:
+    """
+    Write the node parameters of this run (``sim_bimanual.yaml`` plus options) to ``path``.
+
+    Returns:
+        The parameters, keyed by node name.
+
+    """
+    params = yaml.safe_load(find_params_file().read_text())
+    policy = params.setdefault(POLICY_NODE_NAME, {}).setdefault(ROS_PARAMETERS_KEY, {})
+    policy.update(checkpoint=options.checkpoint, prompt=options.prompt, device=options.device)
+    sim = params.setdefault(SIM_NODE_NAME, {}).setdefault(ROS_PARAMETERS_KEY, {})
+    sim['sim_time'] = options.sim_time
+    if options.sim_time:
+        policy['use_sim_time'] = True
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
+
+
+def start_node(module: str, params_file: pathlib.Path, log_path: pathlib.Path
+               ) -> subprocess.Popen:
+    """Start ``module.main()`` in a new Python process with the given parameters file."""
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(_package_root()),
+                                                      env.get('PYTHONPATH', '')]))
+    code = f'import sys; from {module} import main; sys.exit(main())'
+    with open(log_path, 'w') as log_file:
+        # A shell started in the background ignores SIGINT, and children inherit that; restore
+        # the default so that SIGINT runs the node's clean shutdown.
+        return subprocess.Popen(
+            [sys.executable, '-c', code, '--ros-args', '--params-file', str(params_file)],
+            stdout=log_file, stderr=subprocess.STDOUT, env=env,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def stop_node(process: subprocess.Popen) -> int:
+    """Stop a node process with SIGINT (then SIGTERM, then SIGKILL) and return its exit code."""
+    for stop in (lambda: process.send_signal(signal.SIGINT), process.terminate, process.kill):
+        if process.poll() is not None:
+            break
+        stop()
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            continue
+    return process.wait()
+
+
+def _log_tail(path: pathlib.Path) -> str:
+    lines = path.read_text(errors='replace').splitlines()
+    return '\n'.join(lines[-LOG_TAIL_LINES:])
+
+
+def _check_alive(processes: dict[str, tuple[subprocess.Popen, pathlib.Path]]) -> None:
+    """Raise RuntimeError with the log tail of the first node process that exited."""
+    for name, (process, log_path) in processes.items():
+        if process.poll() is not None:
+            raise RuntimeError(f'{name} exited with code {process.returncode}; the end of '
+                               f'{log_path}:\n{_log_tail(log_path)}')
+
+
+def _wait_active(recorder: 'DemoRecorder', processes: dict, timeout: float) -> None:
+    """Wait until the pi0 node answers get_state as active, then enable it."""
+    deadline = time.monotonic() + timeout
+    while not recorder.get_state.wait_for_service(timeout_sec=POLL_PERIOD):
+        _check_alive(processes)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f'The pi0 node did not come up within {timeout:g} s (model '
+                               'loading); raise --startup-timeout or see its log.')
+    state = call_service(recorder.get_state, GetState.Request(), 'pi0 node state')
+    if state.current_state.label != ACTIVE_LABEL:
+        log_path = processes[POLICY_NODE_NAME][1]
+        raise RuntimeError(f'The pi0 node is {state.current_state.label!r}, not active; the end '
+                           f'of {log_path} says why:\n{_log_tail(log_path)}')
+    call_service(recorder.enable, SetBool.Request(data=True), 'enable the pi0 node')
+
+
+def run_demo(options: DemoOptions, *, log: Callable[[str], None] = print) -> DemoResult:
+    """
+    Run the sim node and the pi0 node as processes for ``options.duration`` seconds and record.
+
+    Returns:
+        The summary (also written to ``summary.json``) and the records behind it.
+
+    Raises:
+        RuntimeError: A node process exited early, or the pi0 node did not become active.
+
+    """
+    out = options.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    params = write_params(options, out / PARAMS_OUT_FILE)
+    robot = params[POLICY_NODE_NAME][ROS_PARAMETERS_KEY].get('robot', DEFAULT_ROBOT)
+    adapter = make_adapter(load_robot_config(robot))
+    top = next(cam for cam in adapter.cameras if cam.model_slot == 0)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    recorder = DemoRecorder(adapter, top.topic, context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(recorder)
+    spinner = threading.Thread(target=executor.spin, name='pi0_sim_demo_recorder')
+    spinner.start()
+    processes: dict[str, tuple[subprocess.Popen, pathlib.Path]] = {}
+    try:
+        model = options.checkpoint or 'tiny random model'
+        log(f'pi0_sim_demo: starting the ALOHA sim and the pi0 node ({model}); logs in {out}')
+        for name, module in ((POLICY_NODE_NAME, POLICY_MODULE), (SIM_NODE_NAME, SIM_MODULE)):
+            log_path = out / f'{name}.log'
+            processes[name] = (start_node(module, out / PARAMS_OUT_FILE, log_path), log_path)
+        _wait_active(recorder, processes, options.startup_timeout)
+        log(f'pi0_sim_demo: running for {options.duration:g} s')
+        recorder.restart_clock()
+        deadline = time.monotonic() + options.duration
+        while time.monotonic() < deadline:
+            _check_alive(processes)
+            time.sleep(min(POLL_PERIOD, max(0.0, deadline - time.monotonic())))
+        wall = recorder.stop_recording()
+    finally:
+        for name in (POLICY_NODE_NAME, SIM_NODE_NAME):  # the pi0 node first: it sends a hold
+            if name in processes:
+                code = stop_node(processes[name][0])
+                if code not in CLEAN_EXIT_CODES:
+                    log(f'pi0_sim_demo: {name} exited with code {code}; see '
+                        f'{processes[name][1]}')
+        executor.shutdown(timeout_sec=STOP_TIMEOUT)
+        spinner.join(STOP_TIMEOUT)
+        recorder.destroy_node()
+        rclpy.try_shutdown(context=context)
+    return _report(options, adapter, recorder, wall, log)
+
+
+def _report(options: DemoOptions, adapter: Any, recorder: DemoRecorder, wall: float,
+            log: Callable[[str], None]) -> DemoResult:
+    """Summarise the records, write the output files and print the summary."""
+    sim_stats = recorder.sim_stats
+    names = list(adapter.action_names)
+    violations = limit_violations(adapter, recorder.commands)
+    motion = {n: float(np.ptp([v for _, v in recorder.measured[n]]))
+              for n in names if recorder.measured.get(n)}
+    status = recorder.status
+    first_topic = adapter.commands[0].topic
+    out = options.output_dir
+    write_plot(out / PLOT_FILE, names, recorder.commands, recorder.measured)
+    video = None
+    if recorder.frames:
+        fps = max(1.0, len(recorder.frames) / max(wall, 1e-9))
+        video = write_video(out / f'{VIDEO_STEM}.{options.video_format}', recorder.frames, fps)
+    summary = {
+        'duration_s': wall,
+        'checkpoint': options.checkpoint or 'tiny random model',
+        'prompt': options.prompt,
+        'clock': 'simulated (/clock)' if options.sim_time else 'real time',
+        'policy': {
+            'final_state': status.state_name if status else 'no status received',
+            'final_detail': status.detail if status else '',
+            'ticks': int(status.ticks) if status else 0,
+            'control_rate_achieved_hz': float(status.control_rate_achieved) if status else 0.0,
+            'control_rate_target_hz': float(status.control_rate_target) if status else 0.0,
+            'hold_ticks': int(status.hold_ticks) if status else 0,
+            'clamped_commands': int(status.clamped_commands) if status else 0,
+            'inference_failures': int(status.inference_failures) if status else 0,
+            'states_seen': dict(recorder.states_seen),
+        },
+        'inference': {'chunks': len(recorder.latencies),
+                      **{f'latency_{k}_ms': v
+                         for k, v in _percentiles_ms(recorder.latencies).items()}},
+        'commands': {'messages': dict(recorder.messages),
+                     'rate_hz': recorder.messages.get(first_topic, 0) / max(wall, 1e-9),
+                     'limit_violations': len(violations)},
+        'sim': sim_stats,
+        'max_joint_motion_rad': max(motion.values(), default=0.0),
+        'joint_motion': motion,
+        'files': {'summary': str(out / SUMMARY_FILE), 'plot': str(out / PLOT_FILE),
+                  'video': str(video) if video else None},
+    }
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=float) + '\n')
+    p, inf, cmd = summary['policy'], summary['inference'], summary['commands']
+    sim = defaultdict(lambda: math.nan, sim_stats)
+    log('pi0_sim_demo summary')
+    log(f"  ran {wall:.1f} s ({summary['clock']}), model: {summary['checkpoint']}")
+    log(f"  control ticks {p['ticks']}, achieved {p['control_rate_achieved_hz']:.1f} Hz of "
+        f"{p['control_rate_target_hz']:.0f} Hz; commands {cmd['rate_hz']:.1f} msg/s per arm")
+    log(f"  inference: {inf['chunks']} chunks, latency p50 {inf['latency_p50_ms']:.0f} ms, "
+        f"p99 {inf['latency_p99_ms']:.0f} ms, failures {p['inference_failures']}")
+    log(f"  safety: {p['clamped_commands']} commands clamped, {p['hold_ticks']} hold ticks, "
+        f"{cmd['limit_violations']} commands outside limits; final state: {p['final_state']}")
+    log(f"  sim: {sim['steps']:.0f} steps ({sim['step_rate_hz']:.1f} Hz, real-time factor "
+        f"{sim['real_time_factor']:.2f}), render {sim['render_ms_mean']:.1f} ms per image, "
+        f"{sim['lag_events']:.0f} lag events")
+    log(f"  joints moved up to {summary['max_joint_motion_rad']:.3f} rad")
+    log(f'  wrote {out / SUMMARY_FILE}, {out / PLOT_FILE}' + (f', {video}' if video else ''))
+    return DemoResult(summary, dict(recorder.commands), dict(recorder.measured), violations)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> DemoOptions:
+    """Parse the command line into DemoOptions."""
+    parser = argparse.ArgumentParser(
+        prog='pi0_sim_demo', description='Drive the simulated bimanual ALOHA with the pi0 node '
+        'for a bounded time; without --checkpoint a tiny random model moves the arms '
+        'meaninglessly.')
+    parser.add_argument('--duration', type=float, default=DEFAULT_DURATION,
+                        help='seconds to run once the pi0 node is active (default %(default)s)')
+    parser.add_argument('--output-dir', type=pathlib.Path, default=DEFAULT_OUTPUT_DIR,
+                        help='folder for summary.json, joints.png and the video '
+                        '(default %(default)s)')
+    parser.add_argument('--checkpoint', default='', help='pi0 checkpoint folder (openpi or '
+                        'LeRobot layout); default: the tiny random model')
+    parser.add_argument('--prompt', default=DEFAULT_PROMPT, help='instruction for the policy')
+    parser.add_argument('--device', default='cpu', help="torch device, e.g. 'cuda'")
+    parser.add_argument('--sim-time', action='store_true', help='run on simulated time '
+                        '(/clock) for machines that cannot keep real time')
+    parser.add_argument('--startup-timeout', type=float, default=DEFAULT_STARTUP_TIMEOUT,
+                        help='seconds the pi0 node may take to load (default %(default)s)')
+    parser.add_argument('--video', choices=VIDEO_FORMATS, default='mp4',
+                        help='video format of the top camera (default %(default)s)')
+    args = parser.parse_args(argv)
+    return DemoOptions(duration=args.duration, output_dir=args.output_dir,
+                       checkpoint=args.checkpoint, prompt=args.prompt, device=args.device,
+                       sim_time=args.sim_time, video_format=args.video,
+                       startup_timeout=args.startup_timeout)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the demo from the command line; exit 1 if no command flowed or a limit was broken."""
+    argv = remove_ros_args(sys.argv)[1:] if args is None else args
+    result = run_demo(parse_args(argv))
+    commands = result.summary['commands']
+    return 0 if sum(commands['messages'].values()) and not commands['limit_violations'] else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,394 @@
+"""
+Simulated bimanual ALOHA as a ROS 2 node: the MuJoCo scene of gym-aloha behind real ALOHA topics.
+
+Topics, joint names and command interfaces come from the robot config (``robot``, default
+``aloha``), so the sim looks to the pi0 node exactly like a ROS 2 Interbotix ALOHA under
+ros2_control: one ``sensor_msgs/JointState`` per arm (waist ... wrist_rotate, gripper,
+left_finger, right_finger), ``sensor_msgs/Image`` (rgb8) per camera, and it accepts
+``trajectory_msgs/JointTrajectory`` (interpolated by ``time_from_start``, like a
+joint_trajectory_controller) and ``std_msgs/Float64MultiArray`` (applied at once, like a
+forward_command_controller). The last command is held when commands stop.
+
+Time: with ``sim_time: false`` the physics keeps pace with the wall clock (several control periods
+per tick when a tick was late) and stamps are ROS time. With ``sim_time: true`` it runs on
+simulated time from 0, publishes ``/clock`` every step and paces itself at ``real_time_factor``;
+other nodes then need ``use_sim_time: true``.
+"""
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+import threading
+import time
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from embodiment_adapters.config import CommandSpec, CommandType, load_robot_config, RobotConfig
+import numpy as np
+from pi0_policy.ros import conversions
+from pi0_policy.ros.params import ParamSpec
+from pi0_policy.sim.aloha import AlohaSim, AlohaSimConfig, SIDES, TASK_SCENES, TrajectoryTarget
+import rclpy
+from rclpy.clock import Clock, ClockType
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rosgraph_msgs.msg import Clock as ClockMsg
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64MultiArray, Header
+from trajectory_msgs.msg import JointTrajectory
+
+NODE_NAME = 'aloha_sim'
+CLOCK_TOPIC = '/clock'
+DIAGNOSTICS_TOPIC = '/diagnostics'
+# The sim reports its statistics on /diagnostics under this name, once per wall second.
+DIAGNOSTIC_NAME = 'aloha_sim: statistics'
+DIAGNOSTICS_PERIOD = 1.0  # seconds
+HARDWARE_ID = 'aloha_sim'
+QOS_DEPTH = 10
+# Most control periods stepped in one tick to catch up with the wall clock; beyond that the sim
+# drops the backlog (it runs slower than real time) and counts a lag event.
+MAX_CATCH_UP_PERIODS = 5
+# Separators of the mapping parameters ('a=b,c=d').
+PAIR_SEPARATOR = ','
+KEY_SEPARATOR = '='
+MILLISECONDS = 1000.0
+# Render times kept for the statistics.
+RENDER_WINDOW = 1000
+
+SIM_PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec('robot', 'aloha', 'Robot config name or YAML path: topics, joint names and command '
+              'interfaces the sim serves.', read_only=True),
+    ParamSpec('task', 'transfer_cube', 'gym-aloha scene.', choices=tuple(TASK_SCENES),
+              read_only=True),
+    ParamSpec('seed', 0, 'Seed of the task object pose.', range=(0, 2 ** 31 - 1), read_only=True),
+    ParamSpec('control_rate_hz', 50.0, 'Physics steps per simulated second (the control rate).',
+              range=(1.0, 500.0), read_only=True),
+    ParamSpec('camera_rate_hz', 10.0, 'Camera images per simulated second (rendering on a CPU '
+              'costs about 10 ms per 240 x 320 image).', range=(0.1, 60.0), read_only=True),
+    ParamSpec('image_height', 240, 'Rendered image rows (real ALOHA cameras: 480).',
+              range=(16, 480), read_only=True),
+    ParamSpec('image_width', 320, 'Rendered image columns (real ALOHA cameras: 640).',
+              range=(16, 640), read_only=True),
+    ParamSpec('high_quality_render', False, 'Shadows and multisampling (much slower on a CPU).',
+              read_only=True),
+    ParamSpec('camera_map', 'cam_high=top,cam_left_wrist=left_wrist,cam_right_wrist=right_wrist',
+              'Robot camera name = scene camera; robot cameras not listed are not published.',
+              read_only=True),
+    ParamSpec('arm_prefixes', 'left_=left,right_=right', 'Joint-state prefix of the robot '
+              'config = scene arm (left or right).', read_only=True),
+    ParamSpec('sim_time', False, 'Run on simulated time and publish /clock (when the machine '
+              'cannot keep real time); other nodes need use_sim_time:=true.', read_only=True),
+    ParamSpec('real_time_factor', 1.0, 'sim_time only: simulated seconds per wall second at '
+              'most.', range=(0.01, 100.0), read_only=True),
+)
+
+
+@dataclass(frozen=True)
+class SimNodeConfig:
+    """Parameters of the sim node, read once at start-up."""
+
+    # Robot config name or path.
+    robot: str
+    # The simulation itself.
+    sim: AlohaSimConfig
+    # Camera images per simulated second.
+    camera_rate_hz: float
+    # Robot camera name -> scene camera name.
+    camera_map: dict[str, str]
+    # Joint-state prefix of the robot config -> scene arm side.
+    arm_prefixes: dict[str, str]
+    # Simulated time with /clock instead of wall-clock pacing.
+    sim_time: bool
+    # Pace of the simulated time (sim_time only).
+    real_time_factor: float
+
+
+def parse_mapping(text: str, name: str) -> dict[str, str]:
+    """
+    Parse a mapping parameter of the form ``'a=b,c=d'``.
+
+    Raises:
+        ValueError: An entry is not ``key=value`` or a key repeats.
+
+    """
+    mapping: dict[str, str] = {}
+    for entry in filter(None, (e.strip() for e in text.split(PAIR_SEPARATOR))):
+        key, sep, value = (part.strip() for part in entry.partition(KEY_SEPARATOR))
+        if not sep or not key or not value or key in mapping:
+            raise ValueError(f"Parameter '{name}' with the value {text!r} must be comma-separated "
+                             f"'key=value' pairs with unique keys; '{entry}' is not.")
+        mapping[key] = value
+    return mapping
+
+
+@dataclass(frozen=True)
+class _Route:
+    """Where each value of one command interface goes in the sim."""
+
+    spec: CommandSpec
+    # (side, joint) per value, in spec.names order.
+    joints: tuple[tuple[str, str], ...]
+    # Message joint name -> index in spec.names (JointTrajectory).
+    index: dict[str, int]
+
+
+def build_routes(robot: RobotConfig, arm_prefixes: dict[str, str]) -> tuple[_Route, ...]:
+    """
+    Map every position command interface of ``robot`` to sim joints.
+
+    Raises:
+        ValueError: An arm side is unknown, a command is a base velocity, or a name has no
+            configured prefix.
+
+    """
+    bad = sorted(set(arm_prefixes.values()) - set(SIDES))
+    if bad:
+        raise ValueError(f"Parameter 'arm_prefixes' maps to {bad}; expected sides {list(SIDES)}.")
+    routes = []
+    for spec in robot.commands:
+        if spec.type not in (CommandType.JOINT_TRAJECTORY, CommandType.FORWARD_POSITION):
+            raise ValueError(f'Command {spec.topic!r} is {spec.type.value}; the ALOHA sim has no '
+                             'base. Use a fixed two-arm robot config.')
+        joints = []
+        for name in spec.names:
+            prefix = next((p for p in arm_prefixes if name.startswith(p)), None)
+            if prefix is None:
+                raise ValueError(f'Command joint {name!r} of {robot.source} starts with none of '
+                                 f"the prefixes {list(arm_prefixes)}; set 'arm_prefixes'.")
+            joints.append((arm_prefixes[prefix], name[len(prefix):]))
+        message_names = spec.joint_names or spec.names
+        routes.append(_Route(spec, tuple(joints), {n: i for i, n in enumerate(message_names)}))
+    return tuple(routes)
+
+
+class AlohaSimNode(Node):
+    """Step the simulated ALOHA at the control rate and serve it over the real ALOHA topics."""
+
+    def __init__(self, **kwargs) -> None:
+        """Declare parameters, load the scene and create publishers, subscriptions and timer."""
+        super().__init__(NODE_NAME, **kwargs)
+        for spec in SIM_PARAMETERS:
+            self.declare_parameter(spec.name, spec.default, spec.descriptor())
+        self._config, self._robot = self._read_config()
+        self._routes = build_routes(self._robot, self._config.arm_prefixes)
+        self._sim = AlohaSim(self._config.sim)
+        self._period = self._config.sim.control_period
+        self._targets = [TrajectoryTarget(np.array([self._sim.joint_target(s, j)
+                                                    for s, j in r.joints])) for r in self._routes]
+        self._lock = threading.Lock()  # guards the statistics read from other threads
+        self._tick_lock = threading.Lock()  # a tick vs destroy_node
+        self._stats = {'steps': 0, 'lag_events': 0, 'commands': 0, 'rejected': 0, 'frames': 0}
+        self._render_ms: deque[float] = deque(maxlen=RENDER_WINDOW)
+        sides = dict(self._config.arm_prefixes)
+        self._state_pubs = [
+            (self.create_publisher(JointState, t.topic, QOS_DEPTH), sides[t.prefix])
+            for t in self._robot.joint_state_topics if t.prefix in sides]
+        topics = {cam.name: cam.topic for cam in self._robot.cameras}
+        self._camera_pubs = [(name, scene, self.create_publisher(Image, topics[name], QOS_DEPTH))
+                             for name, scene in self._config.camera_map.items()]
+        self._clock_pub = (self.create_publisher(ClockMsg, CLOCK_TOPIC, QOS_DEPTH)
+                           if self._config.sim_time else None)
+        for i, route in enumerate(self._routes):
+            msg_type = (JointTrajectory if route.spec.type == CommandType.JOINT_TRAJECTORY
+                        else Float64MultiArray)
+            self.create_subscription(msg_type, route.spec.topic, self._command_callback(i),
+                                     QOS_DEPTH)
+        self._steps_per_frame = max(1, round(1.0 / (self._config.camera_rate_hz * self._period)))
+        # ROS time (s) of simulated time 0.
+        self._epoch = 0.0 if self._config.sim_time else self.get_clock().now().nanoseconds * 1e-9
+        self._wall = Clock(clock_type=ClockType.STEADY_TIME)
+        tick = self._period / self._config.real_time_factor if self._config.sim_time else \
+            self._period
+        self._closed = False
+        self._timer = self.create_timer(tick, self._on_tick, clock=self._wall)
+        self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, QOS_DEPTH)
+        self._diag_timer = self.create_timer(DIAGNOSTICS_PERIOD, self._publish_diagnostics,
+                                             clock=self._wall)
+        self._publish_state()
+        self._publish_cameras()  # also creates the OpenGL context (slow), before the clock starts
+        if not self._config.sim_time:
+            self._epoch = self.get_clock().now().nanoseconds * 1e-9
+        self._wall_start = self._wall_origin = self._wall_now()
+        self.get_logger().info(
+            f'ALOHA sim ({self._config.sim.task}) at {1.0 / self._period:.0f} Hz, cameras '
+            f'{list(self._config.camera_map)} at {self._config.camera_rate_hz:g} Hz, '
+            f"{'simulated time on /clock' if self._config.sim_time else 'real time'}.")
+
+    def destroy_node(self) -> None:
+        """Stop the timers, free the scene and join its render thread, then destroy the node."""
+        with self._tick_lock:  # a tick still running on an executor thread finishes first
+            self._closed = True
+            self.destroy_timer(self._timer)
+            self.destroy_timer(self._diag_timer)
+            self._sim.close()
+        super().destroy_node()
+
+    def _read_config(self) -> tuple[SimNodeConfig, RobotConfig]:
+        """Read the declared parameters once; return them and the robot config they name."""
+        v = {spec.name: self.get_parameter(spec.name).value for spec in SIM_PARAMETERS}
+        robot = load_robot_config(v['robot'])
+        camera_map = parse_mapping(v['camera_map'], 'camera_map')
+        unknown = sorted(set(camera_map) - {cam.name for cam in robot.cameras})
+        if unknown:
+            raise ValueError(f"Parameter 'camera_map' names cameras {unknown} that are not in "
+                             f'{robot.source}; expected some of '
+                             f'{[cam.name for cam in robot.cameras]}.')
+        prefixes = parse_mapping(v['arm_prefixes'], 'arm_prefixes')
+        return SimNodeConfig(
+            robot=v['robot'],
+            sim=AlohaSimConfig(task=v['task'], control_period=1.0 / v['control_rate_hz'],
+                               image_height=v['image_height'], image_width=v['image_width'],
+                               high_quality_render=v['high_quality_render'], seed=v['seed']),
+            camera_rate_hz=v['camera_rate_hz'], camera_map=camera_map, arm_prefixes=prefixes,
+            sim_time=v['sim_time'], real_time_factor=v['real_time_factor']), robot
+
+    @property
+    def sim(self) -> AlohaSim:
+        """Return the simulation (read it only while the node is not spinning)."""
+        return self._sim
+
+    def stats(self) -> dict[str, float]:
+        """Return counters: steps, lag events, commands, rejected, frames, render ms, rates."""
+        with self._lock:
+            out: dict[str, float] = dict(self._stats)
+            render = np.array(self._render_ms) if self._render_ms else np.zeros(1)
+        wall = max(self._wall_now() - self._wall_origin, 1e-9)
+        out['sim_time'] = out['steps'] * self._period
+        out['wall_time'] = wall
+        out['step_rate_hz'] = out['steps'] / wall
+        out['real_time_factor'] = out['sim_time'] / wall
+        out['render_ms_mean'] = float(render.mean())
+        out['render_ms_p99'] = float(np.percentile(render, 99))
+        return out
+
+    def now(self) -> float:
+        """Return the ROS time (s) of the current simulation state."""
+        return self._epoch + self._sim.time
+
+    def _wall_now(self) -> float:
+        return self._wall.now().nanoseconds * 1e-9
+
+    def _command_callback(self, i: int) -> Callable[[JointTrajectory | Float64MultiArray], None]:
+        """Return the subscription callback of route ``i``."""
+        def callback(msg: JointTrajectory | Float64MultiArray) -> None:
+            try:
+                self._accept(i, msg)
+            except ValueError as error:
+                with self._lock:
+                    self._stats['rejected'] += 1
+                self.get_logger().warn(f'Rejected command on {self._routes[i].spec.topic}: '
+                                       f'{error}', throttle_duration_sec=1.0)
+                return
+            with self._lock:
+                self._stats['commands'] += 1
+        return callback
+
+    def _accept(self, i: int, msg: JointTrajectory | Float64MultiArray) -> None:
+        """Turn one command message into the new trajectory of route ``i``."""
+        route, now = self._routes[i], self.now()
+        size = len(route.joints)
+        if isinstance(msg, Float64MultiArray):
+            if len(msg.data) != size:
+                raise ValueError(f'{len(msg.data)} values; expected {size} for '
+                                 f'{list(route.spec.names)}')
+            self._targets[i].replace(now, np.zeros(1), np.array([msg.data]), now=now)
+            return
+        if sorted(msg.joint_names) != sorted(route.index):
+            raise ValueError(f'joint_names {list(msg.joint_names)}; expected {list(route.index)}')
+        order = [route.index[name] for name in msg.joint_names]
+        times = np.array([conversions.to_seconds(p.time_from_start) for p in msg.points])
+        positions = np.zeros((len(msg.points), size))
+        for k, point in enumerate(msg.points):
+            if len(point.positions) != size:
+                raise ValueError(f'point {k} has {len(point.positions)} positions; expected '
+                                 f'{size}')
+            positions[k, order] = point.positions
+        stamp = conversions.to_seconds(msg.header.stamp)
+        self._targets[i].replace(stamp if stamp > 0.0 else now, times, positions, now=now)
+
+    def _on_tick(self) -> None:
+        """Step the physics (catching up with the wall clock in real time) and publish."""
+        with self._tick_lock:
+            if not self._closed:
+                self._step_and_publish()
+
+    def _step_and_publish(self) -> None:
+        periods = 1
+        if not self._config.sim_time:
+            due = int((self._wall_now() - self._wall_start) / self._period) - self._stats['steps']
+            if due < 1:
+                return
+            if due > MAX_CATCH_UP_PERIODS:
+                # Drop the backlog: the simulated world pauses for the dropped periods, and the
+                # stamps jump with the wall clock so that they stay on ROS time.
+                dropped = (due - MAX_CATCH_UP_PERIODS) * self._period
+                self._wall_start += dropped
+                self._epoch += dropped
+                with self._lock:
+                    self._stats['lag_events'] += 1
+                due = MAX_CATCH_UP_PERIODS
+            periods = due
+        frame_due = False
+        for _ in range(periods):
+            now = self.now()
+            for route, target in zip(self._routes, self._targets):
+                for (side, joint), value in zip(route.joints, target.sample(now)):
+                    self._sim.set_joint_target(side, joint, value)
+            self._sim.step()
+            with self._lock:
+                self._stats['steps'] += 1
+                frame_due |= self._stats['steps'] % self._steps_per_frame == 0
+            if self._clock_pub is not None:
+                self._clock_pub.publish(ClockMsg(clock=conversions.to_time(self.now())))
+        self._publish_state()
+        if frame_due:
+            self._publish_cameras()
+
+    def _publish_state(self) -> None:
+        """Publish each arm's JointState stamped with the simulation's time."""
+        header = Header(stamp=conversions.to_time(self.now()))
+        for publisher, side in self._state_pubs:
+            state = self._sim.joint_state(side)
+            msg = JointState(header=header, name=list(state.names))
+            msg.position = state.positions.tolist()
+            msg.velocity = state.velocities.tolist()
+            publisher.publish(msg)
+
+    def _publish_cameras(self) -> None:
+        """Render and publish every mapped camera."""
+        stamp = conversions.to_time(self.now())
+        for name, scene, publisher in self._camera_pubs:
+            start = time.perf_counter()
+            rgb = self._sim.render(scene)  # (H, W, 3)
+            with self._lock:
+                self._render_ms.append((time.perf_counter() - start) * MILLISECONDS)
+                self._stats['frames'] += 1
+            publisher.publish(conversions.rgb_to_image(rgb, stamp=stamp, frame_id=name))
+
+    def _publish_diagnostics(self) -> None:
+        """Publish the statistics of ``stats()`` as one DiagnosticStatus."""
+        status = DiagnosticStatus(level=DiagnosticStatus.OK, name=DIAGNOSTIC_NAME,
+                                  message='running', hardware_id=HARDWARE_ID)
+        status.values = [KeyValue(key=key, value=f'{value:.6g}')
+                         for key, value in self.stats().items()]
+        msg = DiagnosticArray(header=Header(stamp=conversions.to_time(self.now())))
+        msg.status = [status]
+        self._diag_pub.publish(msg)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Run the sim node until Ctrl-C."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = AlohaSimNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()

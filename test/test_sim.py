@@ -1,0 +1,235 @@
+"""Tests of the simulated ALOHA: the MuJoCo wrapper, trajectory following and the sim node."""
+
+import time
+
+from embodiment_adapters import load_robot_config
+import numpy as np
+from pi0_policy.ros import conversions
+from pi0_policy.ros.sim_node import AlohaSimNode, build_routes, parse_mapping
+from pi0_policy.sim.aloha import (
+    AlohaSim, AlohaSimConfig, ARM_DOF, GripperCalibration, INTERBOTIX_ROS2_GRIPPER,
+    select_headless_gl, STATE_JOINT_NAMES, TOP_CAMERA, TrajectoryTarget)
+import pytest
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64MultiArray
+
+SMALL = {'image_height': 48, 'image_width': 64}
+# Position-controlled joints with stiff actuators reach a target within this (rad) in 1 s.
+TRACKING_TOLERANCE = 0.05
+# The gripper reaches open/closed within this (rad of gripper joint) in 1 s.
+GRIPPER_TOLERANCE = 0.15
+ONE_SECOND_OF_PERIODS = 50
+REACH = np.array([0.3, -0.5, 0.8, 0.0, -0.3, 0.0])  # a pose inside all joint limits
+STIFF_JOINTS = slice(0, 3)  # waist, shoulder, elbow (kp 800-1600)
+SPIN_TIMEOUT = 10.0  # seconds
+
+
+@pytest.fixture(scope='module')
+def sim():
+    """One small-image simulation shared by the wrapper tests (loading takes ~0.3 s)."""
+    simulation = AlohaSim(AlohaSimConfig(**SMALL))
+    yield simulation
+    simulation.close()
+
+
+def test_state_has_real_aloha_names_and_shapes(sim):
+    sim.reset()
+    for side in ('left', 'right'):
+        state = sim.joint_state(side)
+        assert state.names == STATE_JOINT_NAMES
+        assert state.positions.shape == state.velocities.shape == (len(STATE_JOINT_NAMES),)
+        grip = dict(zip(state.names, state.positions))
+        assert INTERBOTIX_ROS2_GRIPPER.joint_closed <= grip['gripper'] <= \
+            INTERBOTIX_ROS2_GRIPPER.joint_open
+        assert grip['right_finger'] == -grip['left_finger']
+        assert INTERBOTIX_ROS2_GRIPPER.finger_closed <= grip['left_finger'] <= \
+            INTERBOTIX_ROS2_GRIPPER.finger_open
+
+
+def test_render_is_rgb_of_configured_size(sim):
+    image = sim.render(TOP_CAMERA)
+    assert image.shape == (SMALL['image_height'], SMALL['image_width'], 3)
+    assert image.dtype == np.uint8 and image.std() > 0
+    assert {'top', 'left_wrist', 'right_wrist'} <= set(sim.cameras)
+    with pytest.raises(ValueError, match="Camera 'nope' is not in the ALOHA scene"):
+        sim.render('nope')
+
+
+def test_step_tracks_arm_target_then_holds(sim):
+    sim.reset()
+    sim.set_arm_target('left', REACH)
+    sim.step(ONE_SECOND_OF_PERIODS)
+    assert sim.time == pytest.approx(ONE_SECOND_OF_PERIODS * sim.config.control_period)
+    reached = sim.joint_state('left').positions[:ARM_DOF]
+    np.testing.assert_allclose(reached[STIFF_JOINTS], REACH[STIFF_JOINTS],
+                               atol=TRACKING_TOLERANCE)
+    # No new command: the target is held and the arm stays where it is.
+    sim.step(ONE_SECOND_OF_PERIODS)
+    np.testing.assert_allclose(sim.arm_target('left'), REACH)
+    np.testing.assert_allclose(sim.joint_state('left').positions[STIFF_JOINTS],
+                               reached[STIFF_JOINTS], atol=TRACKING_TOLERANCE / 5)
+    # The other arm was not commanded and stays at the start pose.
+    np.testing.assert_allclose(sim.arm_target('right'), [0, -0.96, 1.16, 0, -0.3, 0])
+
+
+def test_gripper_joint_command_opens_and_closes(sim):
+    sim.reset()
+    calibration = sim.config.gripper
+    for target in (calibration.joint_open, calibration.joint_closed):
+        sim.set_joint_target('right', 'gripper', target)
+        sim.step(ONE_SECOND_OF_PERIODS)
+        assert sim.gripper_target('right') == pytest.approx(target)
+        gripper = dict(zip(STATE_JOINT_NAMES, sim.joint_state('right').positions))['gripper']
+        assert gripper == pytest.approx(target, abs=GRIPPER_TOLERANCE)
+
+
+def test_targets_are_clipped_to_the_actuator_range(sim):
+    sim.reset()
+    sim.set_arm_target('left', [10.0, -10.0, 10.0, 0.0, 0.0, 0.0])
+    target = sim.arm_target('left')
+    assert target[0] == pytest.approx(3.14158) and target[1] == pytest.approx(-1.85005)
+    sim.set_gripper_target('left', 100.0)
+    assert sim.gripper_target('left') == pytest.approx(sim.config.gripper.joint_open)
+
+
+def test_bad_inputs_raise_with_the_value(sim):
+    with pytest.raises(ValueError, match=r'must be 6 finite joint angles.*\[1.0, 2.0\]'):
+        sim.set_arm_target('left', [1.0, 2.0])
+    with pytest.raises(ValueError, match="Unknown arm side 'middle'"):
+        sim.set_arm_target('middle', np.zeros(ARM_DOF))
+    with pytest.raises(ValueError, match='must be finite; got nan'):
+        sim.set_gripper_target('left', float('nan'))
+    with pytest.raises(ValueError, match="Joint 'elbow2' cannot be commanded"):
+        sim.set_joint_target('left', 'elbow2', 0.0)
+    with pytest.raises(ValueError, match='periods >= 1; got 0'):
+        sim.step(0)
+
+
+def test_config_and_calibration_errors():
+    with pytest.raises(ValueError, match="Unknown ALOHA sim task 'juggle'"):
+        AlohaSimConfig(task='juggle')
+    with pytest.raises(ValueError, match=r'control_period \(0.0\) must be > 0'):
+        AlohaSimConfig(control_period=0.0)
+    with pytest.raises(ValueError, match='distinct open and closed values'):
+        GripperCalibration(joint_open=1.0, joint_closed=1.0)
+    calibration = GripperCalibration()
+    assert calibration.joint_to_fraction(calibration.fraction_to_joint(0.25)) == \
+        pytest.approx(0.25)
+    assert calibration.joint_to_fraction(99.0) == 1.0
+
+
+def test_select_headless_gl():
+    assert select_headless_gl({'MUJOCO_GL': 'osmesa'}, lambda _: None) == 'osmesa'
+    env: dict[str, str] = {}
+    assert select_headless_gl(env, lambda lib: 'libOSMesa.so' if lib == 'OSMesa' else None) \
+        == 'osmesa'
+    assert env['MUJOCO_GL'] == 'osmesa'
+    with pytest.raises(RuntimeError, match='needs libEGL or libOSMesa'):
+        select_headless_gl({}, lambda _: None)
+
+
+def test_trajectory_target_interpolates_and_holds():
+    target = TrajectoryTarget(np.array([0.0, 1.0]))
+    np.testing.assert_allclose(target.sample(5.0), [0.0, 1.0])  # initial value held
+    target.replace(10.0, np.array([0.5, 1.0]), np.array([[1.0, 1.0], [2.0, 3.0]]), now=10.0)
+    np.testing.assert_allclose(target.sample(10.25), [0.5, 1.0])  # from the held value
+    np.testing.assert_allclose(target.sample(10.75), [1.5, 2.0])
+    np.testing.assert_allclose(target.sample(60.0), [2.0, 3.0])  # last point held
+    # A point due now applies at once.
+    target.replace(20.0, np.array([0.0]), np.array([[7.0, 7.0]]), now=20.0)
+    np.testing.assert_allclose(target.sample(20.0), [7.0, 7.0])
+    with pytest.raises(ValueError, match='must be >= 0 and non-decreasing'):
+        target.replace(0.0, np.array([1.0, 0.5]), np.zeros((2, 2)), now=0.0)
+    with pytest.raises(ValueError, match=r'\(P, 2\) positions'):
+        target.replace(0.0, np.array([1.0]), np.zeros((1, 3)), now=0.0)
+
+
+def test_mapping_and_routes_follow_the_robot_config():
+    assert parse_mapping('a=b, c=d', 'x') == {'a': 'b', 'c': 'd'}
+    with pytest.raises(ValueError, match="Parameter 'x' with the value 'a=b,a=c'"):
+        parse_mapping('a=b,a=c', 'x')
+    robot = load_robot_config('aloha')
+    routes = build_routes(robot, {'left_': 'left', 'right_': 'right'})
+    assert [r.spec.topic for r in routes] == [c.topic for c in robot.commands]
+    assert routes[0].joints[0] == ('left', 'waist')
+    assert routes[1].joints == (('left', 'gripper'),)
+    with pytest.raises(ValueError, match='starts with none of the prefixes'):
+        build_routes(robot, {'left_': 'left'})
+    with pytest.raises(ValueError, match=r"maps to \['up'\]"):
+        build_routes(robot, {'left_': 'up'})
+
+
+def _spin_until(executor, predicate, timeout=SPIN_TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        executor.spin_once(timeout_sec=0.05)
+    return predicate()
+
+
+def test_sim_node_serves_the_aloha_interfaces():
+    """Commands on the real ALOHA topics move the simulated arm; state and images come back."""
+    robot = load_robot_config('aloha')
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    sim = AlohaSimNode(context=context, parameter_overrides=[
+        Parameter('image_height', value=SMALL['image_height']),
+        Parameter('image_width', value=SMALL['image_width'])])
+    probe = rclpy.create_node('sim_probe', context=context)
+    states: dict[str, JointState] = {}
+    images: dict[str, Image] = {}
+    for topic in robot.joint_state_topics:
+        probe.create_subscription(JointState, topic.topic,
+                                  lambda m, t=topic.topic: states.__setitem__(t, m), 10)
+    for cam in robot.cameras[:3]:
+        probe.create_subscription(Image, cam.topic,
+                                  lambda m, t=cam.topic: images.__setitem__(t, m), 10)
+    arm, gripper = robot.commands[0], robot.commands[1]
+    arm_pub = probe.create_publisher(type(conversions.joint_trajectory([], np.zeros(0),
+                                                                       time_from_start=0.0)),
+                                     arm.topic, 10)
+    grip_pub = probe.create_publisher(Float64MultiArray, gripper.topic, 10)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(sim)
+    executor.add_node(probe)
+    try:
+        left = robot.joint_state_topics[0].topic
+        assert _spin_until(executor, lambda: len(states) == 2 and len(images) == 3)
+        assert list(states[left].name) == list(STATE_JOINT_NAMES)
+        image = images[robot.cameras[0].topic]
+        assert (image.encoding, image.height, image.width) == \
+            ('rgb8', SMALL['image_height'], SMALL['image_width'])
+        assert conversions.to_seconds(states[left].header.stamp) > 0.0
+
+        def send():
+            arm_pub.publish(conversions.joint_trajectory(arm.joint_names, REACH,
+                                                         time_from_start=0.02))
+            grip_pub.publish(conversions.float64_multi_array(
+                np.array([INTERBOTIX_ROS2_GRIPPER.joint_open])))
+        send()
+
+        def reached():
+            positions = np.asarray(states[left].position)
+            grip = dict(zip(states[left].name, positions))['gripper']
+            return np.allclose(positions[STIFF_JOINTS], REACH[STIFF_JOINTS],
+                               atol=TRACKING_TOLERANCE) and abs(
+                grip - INTERBOTIX_ROS2_GRIPPER.joint_open) < GRIPPER_TOLERANCE
+        deadline = time.monotonic() + SPIN_TIMEOUT
+        while not reached() and time.monotonic() < deadline:
+            send()
+            _spin_until(executor, lambda: False, timeout=0.1)
+        assert reached(), (f'left arm at {list(states[left].position)}; commanded {REACH} '
+                           f'and gripper {INTERBOTIX_ROS2_GRIPPER.joint_open}')
+        stats = sim.stats()
+        assert stats['commands'] > 0 and stats['rejected'] == 0 and stats['steps'] > 0
+        # A trajectory for the wrong joints is rejected, not applied.
+        arm_pub.publish(conversions.joint_trajectory(['a', 'b'], np.zeros(2),
+                                                     time_from_start=0.02))
+        assert _spin_until(executor, lambda: sim.stats()['rejected'] == 1)
+    finally:
+        executor.shutdown()
+        probe.destroy_node()
+        sim.destroy_node()
+        rclpy.try_shutdown(context=context)
