@@ -1,0 +1,199 @@
+"""
+Declare every parameter of ``pi0_policy_node`` from one table and freeze them into a NodeConfig.
+
+The table ``PARAMETERS`` is the single source of truth: name, type (from the default), default,
+description, range or choices, and whether the parameter is read-only (read-only ones need a new
+process: they decide which model and robot are loaded). ``declare_parameters`` declares them all
+on a node; ``read_node_config`` turns their values into the frozen ``NodeConfig`` once, in
+``on_configure`` -- callbacks never read parameters. Other parameters take effect at the next
+configure. Robot facts (topics, joints, limits, command interfaces, cameras) are not parameters:
+they come from the robot YAML through the embodiment adapter.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pi0_policy.runtime.chunking import available_strategies, ExecutionConfig
+from pi0_policy.runtime.config import DTYPES, NodeConfig, PolicyLoadConfig, ReportingConfig
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                ParameterType)
+from rclpy.node import Node
+
+ParamValue = bool | int | float | str
+_TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
+          float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
+# Largest value of an unbounded integer parameter.
+_INT_MAX = 2 ** 31 - 1
+STRATEGIES = available_strategies()
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One node parameter."""
+
+    name: str
+    # The default also fixes the type (bool, int, float or str).
+    default: ParamValue
+    description: str
+    # Inclusive (low, high) for numbers; None when unbounded.
+    range: tuple[float, float] | None = None  # noqa: A003 - the ROS descriptor's word
+    # Allowed values of a string parameter; empty when free text.
+    choices: tuple[str, ...] = ()
+    # Read-only parameters can be set only at start-up (YAML or --ros-args -p).
+    read_only: bool = False
+
+    @property
+    def type(self) -> type:  # noqa: A003 - the ROS descriptor's word
+        """Return the Python type of the parameter."""
+        return type(self.default)
+
+    def descriptor(self) -> ParameterDescriptor:
+        """Return the ROS ParameterDescriptor: type, description, range, read-only."""
+        descriptor = ParameterDescriptor(
+            name=self.name, type=_TYPES[self.type], description=self.description,
+            read_only=self.read_only)
+        if self.choices:
+            descriptor.additional_constraints = f'one of {list(self.choices)}'
+        if self.range is not None and self.type is float:
+            low, high = self.range
+            descriptor.floating_point_range = [FloatingPointRange(from_value=float(low),
+                                                                  to_value=float(high))]
+        elif self.range is not None and self.type is int:
+            low, high = self.range
+            descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high))]
+        return descriptor
+
+
+PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec('autostart', False, 'Configure and activate right after start-up.',
+              read_only=True),
+    ParamSpec('robot', 'aloha', 'Robot config name (config/robots/<name>.yaml) or a YAML path; '
+              'topics, joints, limits, cameras and command interfaces come from it.',
+              read_only=True),
+    ParamSpec('checkpoint', '', 'pi0 checkpoint folder (openpi or LeRobot layout); empty loads '
+              'a tiny random model for tests and dry runs.', read_only=True),
+    ParamSpec('device', 'cpu', "Torch device: 'cpu', 'cuda' or 'cuda:<index>'.", read_only=True),
+    ParamSpec('dtype', 'float32', 'Torch dtype of the model.', choices=DTYPES, read_only=True),
+    ParamSpec('asset_id', '', 'Norm-stats asset id in the checkpoint; empty uses the robot '
+              "config's.", read_only=True),
+    ParamSpec('torch_threads', 1, 'Intra-op torch threads; keep small so that inference does '
+              'not starve the 50 Hz control timer.', range=(1, 256), read_only=True),
+    ParamSpec('inference_niceness', 10, 'Added to the nice value of the inference thread '
+              '(Linux) so that the control timer preempts inference.', range=(0, 19),
+              read_only=True),
+    ParamSpec('num_steps', 10, 'Flow-matching integration steps per inference.',
+              range=(1, 100)),
+    ParamSpec('seed', 0, 'Seed of the sampling noise.', range=(0, _INT_MAX)),
+    ParamSpec('prompt', '', 'Instruction used until one arrives on ~/instruction or '
+              '~/set_instruction.'),
+    ParamSpec('max_instruction_chars', 2000, 'Longest instruction accepted (characters); longer '
+              'ones are rejected with a diagnostic.', range=(1, 1_000_000)),
+    ParamSpec('strategy', 'async', 'Chunk execution: sync (execute execute_steps actions, then '
+              'infer), async (infer while executing, latency-aware) or ensemble (ACT temporal '
+              'ensembling).', choices=STRATEGIES),
+    ParamSpec('control_rate_hz', 50.0, 'Rate of the control timer and of the commands (Hz).',
+              range=(1.0, 1000.0)),
+    ParamSpec('execute_steps', 25, 'sync: actions executed from each chunk before the robot '
+              'holds and the next inference starts.', range=(1, 10_000)),
+    ParamSpec('request_remaining', 25, 'async: request the next inference once at most this many '
+              'actions are left in the current chunk.', range=(0, 10_000)),
+    ParamSpec('ensemble_coefficient', 0.01, 'ensemble: ACT weight coefficient m in '
+              'w_j = exp(-m * j), j = 0 the oldest chunk.', range=(0.0, 10.0)),
+    ParamSpec('max_chunk_age', 2.0, 'Oldest a chunk may be (s since its observation) for an '
+              'action to be taken from it.', range=(0.01, 600.0)),
+    ParamSpec('max_age', 0.2, 'Seconds after which an input (camera, joint states, odometry) is '
+              'stale: no new inference and the robot holds.', range=(0.001, 60.0)),
+    ParamSpec('enabled_at_start', True, 'Send commands right after activation; otherwise wait '
+              'for ~/enable.'),
+    ParamSpec('velocity_scale', 1.0, "Fraction of each joint's max_velocity the safety filter "
+              'allows per control tick.', range=(0.01, 1.0)),
+    ParamSpec('odom_topic', '/odom', 'nav_msgs/Odometry topic of the base velocity, used when '
+              'the robot config puts the base in the state (base.in_state).', read_only=True),
+    ParamSpec('base_frame_id', 'base_link', 'frame_id of TwistStamped base commands.'),
+    ParamSpec('status_rate_hz', 2.0, 'PolicyStatus rate (Hz); also sent on each state change.',
+              range=(0.1, 100.0)),
+    ParamSpec('diagnostics_rate_hz', 1.0, '/diagnostics rate (Hz).', range=(0.1, 100.0)),
+    ParamSpec('latency_window', 100, 'Inference latencies kept for the p50/p99 statistics.',
+              range=(1, 100_000)),
+    ParamSpec('preview', True, 'Publish the rviz preview (ghost JointState, MarkerArray) of '
+              'each chunk.'),
+    ParamSpec('preview_frame', 'base_link', 'Frame of the MarkerArray chunk preview.'),
+)
+PARAMETER_NAMES = tuple(spec.name for spec in PARAMETERS)
+
+
+def declare_parameters(node: Node) -> None:
+    """Declare every parameter of ``PARAMETERS`` on ``node`` with its descriptor."""
+    for spec in PARAMETERS:
+        node.declare_parameter(spec.name, spec.default, spec.descriptor())
+
+
+def _checked(values: Mapping[str, Any]) -> dict[str, ParamValue]:
+    """Return ``values`` completed with defaults, after type, range and choice checks."""
+    unknown = sorted(set(values) - set(PARAMETER_NAMES))
+    if unknown:
+        raise ValueError(f'Unknown parameters {unknown}; expected names from {PARAMETER_NAMES}.')
+    checked: dict[str, ParamValue] = {}
+    for spec in PARAMETERS:
+        value = values.get(spec.name, spec.default)
+        if spec.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not spec.type:
+            raise ValueError(f"Parameter '{spec.name}' is {value!r} ({type(value).__name__}); "
+                             f'expected a {spec.type.__name__}.')
+        if spec.range is not None and not spec.range[0] <= value <= spec.range[1]:
+            raise ValueError(f"Parameter '{spec.name}' is {value!r}; expected a value in "
+                             f'[{spec.range[0]}, {spec.range[1]}].')
+        if spec.choices and value not in spec.choices:
+            raise ValueError(f"Parameter '{spec.name}' is {value!r}; expected one of "
+                             f'{list(spec.choices)}.')
+        checked[spec.name] = value
+    return checked
+
+
+def node_config_from_values(values: Mapping[str, Any]) -> NodeConfig:
+    """
+    Build the frozen NodeConfig from parameter values (missing ones take their defaults).
+
+    Args:
+        values: Parameter name to value.
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ValueError: A name is unknown or a value has the wrong type, range or choice, or the
+            combination is invalid; the message names the parameter and the value.
+
+    """
+    v = _checked(values)
+    return NodeConfig(
+        robot=v['robot'], prompt=v['prompt'], max_instruction_chars=v['max_instruction_chars'],
+        max_age=v['max_age'], enabled_at_start=v['enabled_at_start'],
+        base_frame_id=v['base_frame_id'], odom_topic=v['odom_topic'],
+        velocity_scale=v['velocity_scale'],
+        policy=PolicyLoadConfig(
+            checkpoint=v['checkpoint'] or None, device=v['device'], dtype=v['dtype'],
+            num_steps=v['num_steps'], asset_id=v['asset_id'] or None, seed=v['seed'],
+            torch_threads=v['torch_threads'], inference_niceness=v['inference_niceness']),
+        execution=ExecutionConfig(
+            strategy=v['strategy'], control_rate_hz=v['control_rate_hz'],
+            execute_steps=v['execute_steps'], request_remaining=v['request_remaining'],
+            ensemble_coefficient=v['ensemble_coefficient'], max_chunk_age=v['max_chunk_age']),
+        reporting=ReportingConfig(
+            status_rate_hz=v['status_rate_hz'], diagnostics_rate_hz=v['diagnostics_rate_hz'],
+            latency_window=v['latency_window'], preview=v['preview'],
+            preview_frame=v['preview_frame']))
+
+
+def read_node_config(node: Node) -> NodeConfig:
+    """
+    Read every declared parameter of ``node`` once and freeze it into a NodeConfig.
+
+    Raises:
+        ValueError: As ``node_config_from_values``.
+
+    """
+    return node_config_from_values({name: node.get_parameter(name).value
+                                    for name in PARAMETER_NAMES})

@@ -1,0 +1,126 @@
+"""
+Frozen configuration of the policy node, built once from its parameters in ``on_configure``.
+
+Pure Python (no rclpy): ``pi0_policy.ros.params`` declares the parameters and fills these
+dataclasses; callbacks only read the frozen snapshot. Every field is validated here, so a bad
+value fails ``configure`` with a message that names the parameter, the value and what to do.
+Chunk execution reuses ``ExecutionConfig``; the ``SafetyConfig`` of the safety filter needs the
+robot's limits, so it is built at configure time from the adapter and ``velocity_scale``.
+"""
+
+from dataclasses import dataclass
+import re
+
+from pi0_policy.runtime.chunking import ExecutionConfig
+
+# Torch dtypes the policy can run in (pi0_policy.runtime.policy.DTYPES).
+DTYPES = ('float32', 'bfloat16')
+# Accepted device strings: cpu, cuda, cuda:<index>.
+DEVICE_PATTERN = re.compile(r'^(cpu|cuda(:\d+)?)$')
+# Largest nice increment of the inference thread.
+MAX_NICENESS = 19
+
+
+def _require(ok: bool, name: str, value: object, expected: str) -> None:
+    """Raise the one ValueError shape used for bad node parameters."""
+    if not ok:
+        raise ValueError(f"Parameter '{name}' is {value!r}; expected {expected}. Fix the "
+                         'parameter (YAML or --ros-args -p) and configure again.')
+
+
+@dataclass(frozen=True)
+class PolicyLoadConfig:
+    """How to load and run the π0 model."""
+
+    # Checkpoint folder; None loads a tiny random model (tests, demos without weights).
+    checkpoint: str | None
+    # Torch device ('cpu', 'cuda', 'cuda:1').
+    device: str
+    # Torch dtype name, one of DTYPES.
+    dtype: str
+    # Flow-matching integration steps per inference.
+    num_steps: int
+    # Norm-stats asset id in the checkpoint; None uses the robot config's.
+    asset_id: str | None
+    # Seed of the sampling noise generator.
+    seed: int
+    # Intra-op torch threads (1 keeps the 50 Hz timer on time on small machines).
+    torch_threads: int
+    # Added to the nice value of the inference thread (Linux), so control preempts inference.
+    inference_niceness: int = 0
+
+    def __post_init__(self) -> None:
+        """Validate the fields."""
+        _require(DEVICE_PATTERN.match(self.device) is not None, 'device', self.device,
+                 "'cpu', 'cuda' or 'cuda:<index>'")
+        _require(self.dtype in DTYPES, 'dtype', self.dtype, f'one of {list(DTYPES)}')
+        _require(self.num_steps >= 1, 'num_steps', self.num_steps, 'an integer >= 1')
+        _require(self.seed >= 0, 'seed', self.seed, 'an integer >= 0')
+        _require(self.torch_threads >= 1, 'torch_threads', self.torch_threads, 'an integer >= 1')
+        _require(0 <= self.inference_niceness <= MAX_NICENESS, 'inference_niceness',
+                 self.inference_niceness, f'an integer in [0, {MAX_NICENESS}]')
+
+
+@dataclass(frozen=True)
+class ReportingConfig:
+    """What the node reports and how often."""
+
+    # PolicyStatus rate (Hz); a status is also sent on every state change.
+    status_rate_hz: float
+    # /diagnostics rate (Hz).
+    diagnostics_rate_hz: float
+    # Inference latencies kept for the p50/p99 statistics.
+    latency_window: int
+    # Whether to publish the rviz preview (ghost JointState and MarkerArray) per chunk.
+    preview: bool
+    # Frame of the MarkerArray preview.
+    preview_frame: str
+
+    def __post_init__(self) -> None:
+        """Validate the fields."""
+        for name in ('status_rate_hz', 'diagnostics_rate_hz'):
+            value = getattr(self, name)
+            _require(value > 0.0, name, value, 'a rate > 0 Hz')
+        _require(self.latency_window >= 1, 'latency_window', self.latency_window,
+                 'an integer >= 1')
+        _require(bool(self.preview_frame), 'preview_frame', self.preview_frame,
+                 'a non-empty frame id')
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything the policy node needs, frozen at configure time."""
+
+    # Robot config name ('aloha') or YAML path; topics, joints and limits come from it.
+    robot: str
+    # Instruction used until one arrives on ~/instruction or ~/set_instruction.
+    prompt: str
+    # Longest instruction accepted (characters); longer ones are rejected with a diagnostic.
+    max_instruction_chars: int
+    # Seconds after which an input is stale (no inference, hold).
+    max_age: float
+    # Whether commands flow right after activation (else wait for ~/enable).
+    enabled_at_start: bool
+    # Frame id of TwistStamped base commands.
+    base_frame_id: str
+    # Odometry topic, subscribed when the robot config puts the base velocity in the state.
+    odom_topic: str
+    # Fraction of each dim's max_velocity the safety filter allows.
+    velocity_scale: float
+    policy: PolicyLoadConfig
+    execution: ExecutionConfig
+    reporting: ReportingConfig
+
+    def __post_init__(self) -> None:
+        """Validate the fields."""
+        _require(bool(self.robot), 'robot', self.robot, "a robot name such as 'aloha' or a "
+                 'path to a robot YAML file')
+        _require(self.max_instruction_chars >= 1, 'max_instruction_chars',
+                 self.max_instruction_chars, 'an integer >= 1')
+        _require(len(self.prompt) <= self.max_instruction_chars, 'prompt',
+                 f'{self.prompt[:40]}... ({len(self.prompt)} characters)',
+                 f'at most max_instruction_chars = {self.max_instruction_chars} characters')
+        _require(self.max_age > 0.0, 'max_age', self.max_age, 'a positive number of seconds')
+        _require(0.0 < self.velocity_scale <= 1.0, 'velocity_scale', self.velocity_scale,
+                 'a fraction in (0, 1]')
+        _require(bool(self.odom_topic), 'odom_topic', self.odom_topic, 'a topic name')

@@ -1,0 +1,229 @@
+"""Tests of the ROS message conversions (messages built by hand, no Node)."""
+
+import math
+
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticStatus
+from embodiment_adapters import load_robot_config, make_adapter
+from nav_msgs.msg import Odometry
+import numpy as np
+from pi0_policy.ros import commands, conversions, diagnostics, observation, visualization
+import pytest
+from sensor_msgs.msg import CompressedImage, Image, JointState
+
+RNG = np.random.default_rng(0)
+RGB = RNG.integers(0, 256, size=(6, 5, 3), dtype=np.uint8)  # (H, W, 3)
+
+
+@pytest.mark.parametrize('encoding', sorted(conversions.ENCODING_CHANNELS))
+@pytest.mark.parametrize('padding', [0, 3])
+def test_builtin_image_round_trip_every_encoding(encoding, padding):
+    msg = conversions.rgb_to_image(RGB, encoding=encoding, padding=padding)
+    assert msg.step == RGB.shape[1] * conversions.ENCODING_CHANNELS[encoding] + padding
+    rgb = conversions.image_to_rgb(msg, use_cv_bridge=False)
+    assert rgb.shape == RGB.shape and rgb.dtype == np.uint8 and rgb.flags.c_contiguous
+    if encoding == 'mono8':
+        gray = RGB.mean(axis=2).round().astype(np.uint8)
+        np.testing.assert_array_equal(rgb, np.repeat(gray[:, :, None], 3, axis=2))
+    else:
+        np.testing.assert_array_equal(rgb, RGB)
+
+
+def test_bgr8_bytes_are_swapped_by_hand():
+    msg = Image(height=1, width=1, encoding='bgr8', step=3, data=bytes([1, 2, 3]))
+    np.testing.assert_array_equal(conversions.image_to_rgb(msg, use_cv_bridge=False)[0, 0],
+                                  [3, 2, 1])
+
+
+@pytest.mark.skipif(not conversions.cv_bridge_available(), reason='cv_bridge not importable')
+@pytest.mark.parametrize('encoding', ['rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8'])
+def test_builtin_path_equals_cv_bridge(encoding):
+    msg = conversions.rgb_to_image(RGB, encoding=encoding, padding=2)
+    np.testing.assert_array_equal(conversions.image_to_rgb(msg, use_cv_bridge=False),
+                                  conversions.image_to_rgb(msg, use_cv_bridge=True))
+
+
+@pytest.mark.parametrize('change, message', [
+    ({'encoding': '16UC1'}, "encoding '16UC1' is not supported"),
+    ({'width': 0}, 'expected a non-empty image'),
+    ({'step': 14}, 'step 14 is shorter than one row'),
+    ({'height': 7}, 'Image data is truncated'),
+])
+def test_malformed_images_raise_clear_errors(change, message):
+    msg = conversions.rgb_to_image(RGB)
+    for key, value in change.items():
+        setattr(msg, key, value)
+    with pytest.raises(ValueError, match=message):
+        conversions.image_to_rgb(msg, use_cv_bridge=False)
+
+
+def test_use_cv_bridge_without_cv_bridge_says_what_to_install():
+    if conversions.cv_bridge_available():
+        pytest.skip('cv_bridge is installed here')
+    with pytest.raises(ValueError, match='cv_bridge is not importable'):
+        conversions.image_to_rgb(conversions.rgb_to_image(RGB), use_cv_bridge=True)
+
+
+def test_png_round_trip_is_exact_and_jpeg_is_close():
+    png = conversions.rgb_to_compressed(RGB, fmt='png')
+    np.testing.assert_array_equal(conversions.compressed_to_rgb(png), RGB)
+    smooth = np.full((16, 16, 3), 120, np.uint8)
+    jpeg = conversions.rgb_to_compressed(smooth, fmt='jpeg')
+    assert np.abs(conversions.compressed_to_rgb(jpeg).astype(int) - 120).max() <= 2
+
+
+def test_compressed_format_comes_from_magic_bytes_when_format_is_empty():
+    png = conversions.rgb_to_compressed(RGB, fmt='png')
+    png.format = ''
+    np.testing.assert_array_equal(conversions.compressed_to_rgb(png), RGB)
+
+
+def test_bad_compressed_images_raise():
+    with pytest.raises(ValueError, match='not supported; expected JPEG or PNG'):
+        conversions.compressed_to_rgb(CompressedImage(format='tiff', data=b'II*\x00'))
+    truncated = conversions.rgb_to_compressed(RGB, fmt='png')
+    truncated.data = bytes(truncated.data[:30])
+    with pytest.raises(ValueError, match='does not decode as PNG'):
+        conversions.compressed_to_rgb(truncated)
+
+
+def test_joint_state_prefix_and_merge():
+    left = JointState(name=['a', 'b'], position=[1.0, 2.0])
+    right = JointState(name=['a'], position=[3.0])
+    parts = [conversions.joint_state_to_arrays(left, prefix='left_'),
+             conversions.joint_state_to_arrays(right, prefix='right_')]
+    names, positions = conversions.merge_joint_states(parts)
+    assert names == ('left_a', 'left_b', 'right_a')
+    np.testing.assert_array_equal(positions, [1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize('msg, message', [
+    (JointState(name=['a', 'b'], position=[1.0]), '2 names but 1 positions'),
+    (JointState(name=['a', ''], position=[1.0, 2.0]), 'empty joint name'),
+    (JointState(name=['a', 'a'], position=[1.0, 2.0]), 'repeats joint names'),
+    (JointState(name=['a', 'b'], position=[1.0, math.nan]), r"position of \['b'\] is not"),
+])
+def test_malformed_joint_states_raise(msg, message):
+    with pytest.raises(ValueError, match=message):
+        conversions.joint_state_to_arrays(msg)
+
+
+def test_odometry_twist_and_nan():
+    odom = Odometry()
+    odom.twist.twist.linear.x, odom.twist.twist.angular.z = 0.5, -0.25
+    np.testing.assert_array_equal(conversions.odometry_to_base_velocity(odom), [0.5, 0.0, -0.25])
+    odom.twist.twist.linear.y = math.inf
+    with pytest.raises(ValueError, match='not finite'):
+        conversions.odometry_to_base_velocity(odom)
+
+
+def test_command_builders():
+    trajectory = conversions.joint_trajectory(['j1', 'j2'], np.array([0.1, 0.2]),
+                                              time_from_start=0.02)
+    assert trajectory.joint_names == ['j1', 'j2']
+    assert list(trajectory.points[0].positions) == [0.1, 0.2]
+    assert trajectory.points[0].time_from_start.nanosec == 20_000_000
+    assert list(conversions.float64_multi_array(np.array([1.5])).data) == [1.5]
+    twist = conversions.twist(['linear_x', 'angular_z'], np.array([0.3, -0.1]))
+    assert (twist.linear.x, twist.linear.y, twist.angular.z) == (0.3, 0.0, -0.1)
+    stamped = conversions.twist_stamped(['linear_y'], np.array([0.2]), stamp=Time(sec=3),
+                                        frame_id='base')
+    assert stamped.twist.linear.y == 0.2 and stamped.header.frame_id == 'base'
+    with pytest.raises(ValueError, match="Base axis 'up' is not a Twist field"):
+        conversions.twist(['up'], np.array([1.0]))
+
+
+def test_instruction_checks():
+    assert conversions.clean_instruction('  fold the towel \n', 100) == 'fold the towel'
+    with pytest.raises(ValueError, match='is empty'):
+        conversions.clean_instruction('   ', 100)
+    with pytest.raises(ValueError, match='10000 characters; expected at most 2000'):
+        conversions.clean_instruction('x' * 10_000, 2000)
+
+
+def test_action_chunk_message_and_shape_error():
+    actions = RNG.normal(size=(4, 2))
+    msg = conversions.action_chunk(
+        stamp=Time(sec=1), embodiment='mock', sequence=3, instruction='go', control_period=0.02,
+        joint_names=['a', 'b'], actions=actions, unified_names=['u'] * 3,
+        unified_actions=np.zeros((4, 3)), inference_latency=0.1)
+    assert (msg.horizon, msg.dof, msg.unified_dof, msg.sequence) == (4, 2, 3, 3)
+    np.testing.assert_allclose(np.reshape(msg.actions, (4, 2)), actions)
+    with pytest.raises(ValueError, match=r'expected \(horizon, 3\)'):
+        conversions.action_chunk(
+            stamp=Time(), embodiment='mock', sequence=0, instruction='', control_period=0.02,
+            joint_names=['a', 'b', 'c'], actions=actions, unified_names=[],
+            unified_actions=np.zeros((4, 0)), inference_latency=0.0)
+
+
+def test_time_conversions_round_trip():
+    assert conversions.to_seconds(conversions.to_time(12.345678901)) == pytest.approx(12.345678901)
+    assert conversions.to_duration(0.02).nanosec == 20_000_000
+
+
+def test_command_router_for_a_mobile_manipulator():
+    adapter = make_adapter(load_robot_config('mobile_manipulator'))
+    router = commands.CommandRouter(adapter.commands, adapter.action_names, adapter.config.base,
+                                    control_period=0.02, base_frame_id='base_footprint')
+    command = np.linspace(0.0, 0.1, adapter.dof)
+    messages = router.messages(command, Time(sec=5))
+    assert len(messages) == len(adapter.commands)
+    for spec, msg in zip(router.specs, messages):
+        assert isinstance(msg, commands.MESSAGE_TYPES[spec.type])
+    base = messages[-1]
+    assert base.twist.linear.x == command[-3] and base.twist.angular.z == command[-1]
+    held = router.messages(None, Time(sec=5))
+    assert held[:-1] == [None] * (len(held) - 1) and held[-1].twist.linear.x == 0.0
+
+
+def test_observation_buffer_names_the_problem_input():
+    buffer = observation.ObservationBuffer(['cam', 'joints', 'wrist'], 0.1,
+                                           required=['cam', 'joints'])
+    assert buffer.problem(0.0) == 'cam has not been received'
+    buffer.put('cam', 'image', 1.0)
+    buffer.put('joints', 'state', 1.0)
+    assert buffer.problem(1.05) is None
+    assert buffer.ages(1.05) == pytest.approx((0.05, 0.05, observation.NEVER_RECEIVED))
+    assert buffer.problem(1.2) == 'cam is 0.200 s old (max_age 0.100 s)'
+    buffer.put('cam', 'image', 1.2)
+    buffer.reject('joints', 'NaN')
+    assert buffer.problem(1.2) == 'joints is invalid: NaN'
+    assert 'joints' not in buffer.snapshot()
+    with pytest.raises(ValueError, match='max_age is 0'):
+        observation.ObservationBuffer(['a'], 0)
+
+
+def test_status_and_diagnostics_messages():
+    snapshot = diagnostics.StatusSnapshot(
+        state=diagnostics.NodeState.HOLDING, detail="camera 'cam' is 0.3 s old",
+        embodiment='mock', instruction='go', enabled=True, latency_last=0.1, latency_p50=0.1,
+        latency_p99=0.2, rate_achieved=49.0, rate_target=50.0, input_names=('cam', 'joints'),
+        input_ages=(0.3, observation.NEVER_RECEIVED), max_age=0.2, chunk_sequence=2,
+        chunk_index=3, chunk_length=50, chunk_age=0.1, last_error='', ticks=10, hold_ticks=2,
+        clamped_commands=1, inference_failures=0)
+    status = diagnostics.policy_status(snapshot, Time(sec=1))
+    assert status.state == status.STATE_HOLDING and status.state_name == 'HOLDING'
+    array = diagnostics.diagnostic_array(snapshot, Time(sec=1), '/pi0')
+    levels = [s.level for s in array.status]
+    assert levels == [DiagnosticStatus.WARN, DiagnosticStatus.STALE, DiagnosticStatus.STALE]
+    assert "camera 'cam'" in array.status[0].message
+    window = diagnostics.LatencyWindow(3)
+    for value in (1.0, 2.0, 3.0, 4.0):
+        window.add(value)
+    assert (window.last, window.percentile(50)) == (4.0, 3.0)
+
+
+def test_preview_messages():
+    names = ['j1', 'j2', 'base_vx']
+    actions = np.array([[0.0, 1.0, 0.5], [0.5, 0.0, 0.5]])
+    ghost = visualization.ghost_joint_state(names, actions, stamp=Time(),
+                                            is_velocity=np.array([False, False, True]))
+    assert ghost.name == ['j1', 'j2'] and list(ghost.position) == [0.5, 0.0]
+    markers = visualization.trajectory_markers(
+        names, actions, control_period=0.02, lower=np.array([0.0, 0.0, -1.0]),
+        upper=np.array([1.0, 1.0, 1.0]), is_velocity=np.array([False, False, True]),
+        stamp=Time())
+    assert markers.markers[0].action == markers.markers[0].DELETEALL
+    strips = [m for m in markers.markers if m.ns == visualization.TRAJECTORY_NAMESPACE]
+    assert len(strips) == 2 and len(strips[0].points) == 2
+    assert strips[1].points[0].z == pytest.approx(0.2)  # j2 at its upper limit: top of the lane

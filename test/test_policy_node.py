@@ -1,0 +1,354 @@
+"""
+Integration tests of pi0_policy_node: real rclpy over loopback DDS, the tiny random π0.
+
+Each test starts the node and a synthetic robot (topics under a unique prefix, from a copy of the
+robot YAML) on a MultiThreadedExecutor spun in a thread, and drives the lifecycle in-process.
+"""
+
+from collections.abc import Callable, Iterator
+import itertools
+import math
+import sys
+import threading
+import time
+
+from diagnostic_msgs.msg import DiagnosticArray
+from embodiment_adapters import load_robot_config, make_adapter
+from embodiment_adapters.config import CommandType, find_robot_config
+from geometry_msgs.msg import Twist, TwistStamped
+import numpy as np
+from pi0_msgs.msg import ActionChunk, PolicyStatus
+from pi0_msgs.srv import SetInstruction
+from pi0_policy.ros import conversions
+from pi0_policy.ros.policy_node import PolicyNode
+from pi0_policy.ros.synthetic_robot import SyntheticRobot
+import pytest
+import rclpy
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64MultiArray, String
+from std_srvs.srv import SetBool
+import torch
+from trajectory_msgs.msg import JointTrajectory
+import yaml
+
+SUCCESS = TransitionCallbackReturn.SUCCESS
+FAILURE = TransitionCallbackReturn.FAILURE
+RATE_HZ = 50.0
+RATE_TOLERANCE_HZ = 2.0
+MEASURE_S = 2.0  # window of the rate measurement
+TIMEOUT_S = 20.0  # generous: the 2-core CI machine is shared
+HOLD_WITHIN_S = 0.1  # a stale camera must cause a hold this soon after max_age is exceeded
+LIMIT_TOLERANCE = 1e-9
+SWITCH_INTERVAL_S = 0.001
+_COUNTER = itertools.count()
+
+
+def wait_for(condition: Callable[[], object], timeout: float = TIMEOUT_S) -> object:
+    """Poll ``condition`` until it is truthy; fail the test after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f'condition not met within {timeout} s')
+
+
+def prefixed_robot_yaml(robot: str, prefix: str, directory) -> str:
+    """Write a copy of a robot config whose topics live under ``prefix``; return its path."""
+    data = yaml.safe_load(find_robot_config(robot).read_text())
+    for section in ('cameras', 'joint_state_topics', 'commands'):
+        for item in data[section]:
+            item['topic'] = prefix + item['topic']
+    data['name'] = robot
+    path = directory / f'{robot}.yaml'
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+class Harness:
+    """A policy node, a synthetic robot and recorders of the node's outputs."""
+
+    def __init__(self, robot_config: str, tmp_path, **overrides) -> None:
+        torch.set_num_threads(1)
+        sys.setswitchinterval(SWITCH_INTERVAL_S)  # as policy_node.main() does
+        prefix = f'/t{next(_COUNTER)}_{id(self) % 10_000}'
+        path = prefixed_robot_yaml(robot_config, prefix, tmp_path)
+        self.adapter = make_adapter(load_robot_config(path))
+        values = {'robot': path, 'odom_topic': f'{prefix}/odom', 'status_rate_hz': 10.0,
+                  'diagnostics_rate_hz': 10.0, **overrides}
+        self.node = PolicyNode(namespace=prefix, parameter_overrides=[
+            Parameter(name, value=value) for name, value in values.items()])
+        self.robot = SyntheticRobot(self.adapter, name=f'robot{prefix.replace("/", "_")}',
+                                    odom_topic=f'{prefix}/odom')
+        node_name = f'{prefix}/pi0_policy_node'
+        self.chunks = self.robot.record(ActionChunk, f'{node_name}/action_chunk')
+        self.statuses = self.robot.record(PolicyStatus, f'{node_name}/status')
+        self.diagnostics = self.robot.record(DiagnosticArray, '/diagnostics')
+        self.ghosts = self.robot.record(JointState, f'{node_name}/preview/joint_states')
+        self.instruction = self.robot.create_publisher(String, f'{node_name}/instruction', 10)
+        self.set_instruction = self.robot.create_client(SetInstruction,
+                                                        f'{node_name}/set_instruction')
+        self.enable = self.robot.create_client(SetBool, f'{node_name}/enable')
+        self.executor = MultiThreadedExecutor(num_threads=4)
+        self.executor.add_node(self.node)
+        self.executor.add_node(self.robot)
+        self.thread = threading.Thread(target=self.executor.spin)
+        self.thread.start()
+
+    def start(self) -> None:
+        assert self.node.trigger_configure() == SUCCESS
+        assert self.node.trigger_activate() == SUCCESS
+
+    def wait_running(self) -> None:
+        wait_for(lambda: any(s.message.state == PolicyStatus.STATE_RUNNING
+                             for s in self.statuses))
+
+    def state(self) -> str:
+        return self.node._state_machine.current_state[1]
+
+    def call(self, client, request):
+        assert client.wait_for_service(timeout_sec=TIMEOUT_S)
+        future = client.call_async(request)
+        wait_for(future.done)
+        return future.result()
+
+    def close(self) -> None:
+        self.node.close()
+        self.executor.shutdown()
+        self.thread.join()
+        self.node.destroy_node()
+        self.robot.destroy_node()
+
+
+@pytest.fixture
+def make_harness(tmp_path) -> Iterator[Callable[..., Harness]]:
+    rclpy.init()
+    harnesses: list[Harness] = []
+
+    def make(robot_config: str = 'mock', **overrides) -> Harness:
+        harnesses.append(Harness(robot_config, tmp_path, **overrides))
+        return harnesses[-1]
+    try:
+        yield make
+    finally:
+        for harness in harnesses:
+            harness.close()
+        rclpy.try_shutdown()
+
+
+def command_values(msg) -> list[float]:
+    """Return the numbers a command message carries."""
+    if isinstance(msg, JointTrajectory):
+        return list(msg.points[0].positions)
+    if isinstance(msg, Float64MultiArray):
+        return list(msg.data)
+    twist = msg.twist if isinstance(msg, TwistStamped) else msg
+    return [twist.linear.x, twist.linear.y, twist.linear.z,
+            twist.angular.x, twist.angular.y, twist.angular.z]
+
+
+def assert_within_limits(harness: Harness, since: float = 0.0) -> None:
+    """Check that every command received since ``since`` is finite and inside the limits."""
+    adapter = harness.adapter
+    index = {name: i for i, name in enumerate(adapter.action_names)}
+    for spec in adapter.commands:
+        for received in harness.robot.received(spec.topic, since):
+            values = command_values(received.message)
+            assert all(math.isfinite(v) for v in values)
+            if spec.type in (CommandType.TWIST, CommandType.TWIST_STAMPED):
+                limit = max(adapter.max_velocity[index[n]] for n in spec.names)
+                assert max(abs(v) for v in values) <= limit + LIMIT_TOLERANCE
+                continue
+            for name, value in zip(spec.names, values):
+                assert adapter.lower[index[name]] - LIMIT_TOLERANCE <= value
+                assert value <= adapter.upper[index[name]] + LIMIT_TOLERANCE
+
+
+@pytest.mark.parametrize('robot', ['franka', 'aloha', 'mobile_manipulator'])
+def test_commands_flow_at_the_control_rate_with_the_right_joints(make_harness, robot):
+    harness = make_harness(robot)
+    harness.start()
+    harness.wait_running()
+    start = time.monotonic()
+    time.sleep(MEASURE_S)
+    for spec in harness.adapter.commands:
+        received = harness.robot.received(spec.topic, start)
+        span = received[-1].time - received[0].time
+        rate = (len(received) - 1) / span
+        assert abs(rate - RATE_HZ) <= RATE_TOLERANCE_HZ, f'{spec.topic}: {rate:.2f} Hz'
+        msg = received[-1].message
+        if spec.type == CommandType.JOINT_TRAJECTORY:
+            assert msg.joint_names == list(spec.joint_names or spec.names)
+            assert len(msg.points) == 1 and len(msg.points[0].positions) == len(spec.names)
+            assert conversions.to_seconds(msg.points[0].time_from_start) == pytest.approx(
+                1.0 / RATE_HZ)
+        elif spec.type == CommandType.FORWARD_POSITION:
+            assert len(msg.data) == len(spec.names)
+        else:
+            assert isinstance(msg, (Twist, TwistStamped))
+    assert_within_limits(harness)
+    chunk = harness.chunks[-1].message
+    assert chunk.joint_names == list(harness.adapter.action_names)
+    assert len(chunk.actions) == chunk.horizon * chunk.dof
+    ghost = harness.ghosts[-1].message
+    assert len(ghost.name) == harness.adapter.dof - int(harness.adapter.is_velocity.sum())
+
+
+def test_instruction_changes_reach_the_next_inference(make_harness):
+    harness = make_harness(prompt='start')
+    harness.start()
+    wait_for(lambda: harness.chunks)
+    harness.instruction.publish(String(data='  stack the blocks '))
+    wait_for(lambda: harness.chunks[-1].message.instruction == 'stack the blocks')
+    response = harness.call(harness.set_instruction,
+                            SetInstruction.Request(instruction='open the drawer'))
+    assert response.success and response.previous_instruction == 'stack the blocks'
+    wait_for(lambda: harness.chunks[-1].message.instruction == 'open the drawer')
+    for bad, reason in (('', 'is empty'), ('x' * 10_000, '10000 characters')):
+        response = harness.call(harness.set_instruction, SetInstruction.Request(instruction=bad))
+        assert not response.success and reason in response.message
+        harness.instruction.publish(String(data=bad))
+    wait_for(lambda: any('instruction rejected' in kv.value for d in harness.diagnostics
+                         for s in d.message.status for kv in s.values))
+    count = len(harness.chunks)
+    wait_for(lambda: len(harness.chunks) > count)
+    assert harness.chunks[-1].message.instruction == 'open the drawer'
+
+
+def test_a_camera_that_stops_makes_the_robot_hold(make_harness):
+    harness = make_harness('mobile_manipulator', max_age=0.1)
+    harness.start()
+    harness.wait_running()
+    camera = harness.adapter.cameras[0].name
+    harness.robot.cameras_on[camera] = False
+    time.sleep(0.05)
+    last_frame = harness.robot.camera_times[camera]
+    hold = wait_for(lambda: next((s for s in harness.statuses if s.time > last_frame and
+                                  s.message.state == PolicyStatus.STATE_HOLDING), None))
+    assert f"camera '{camera}'" in hold.message.detail
+    assert hold.time - last_frame <= 0.1 + HOLD_WITHIN_S
+    time.sleep(0.3)
+    after = hold.time + 1.0 / RATE_HZ  # commands published after the hold began
+    for spec in harness.adapter.commands:
+        values = [command_values(r.message) for r in harness.robot.received(spec.topic, after)]
+        assert len(values) >= 3
+        assert all(v == values[0] for v in values), f'{spec.topic} moved while holding'
+        if spec.type == CommandType.TWIST_STAMPED:
+            assert values[0] == [0.0] * 6
+    harness.robot.cameras_on[camera] = True
+    resumed = time.monotonic()
+    wait_for(lambda: any(s.time > resumed and s.message.state == PolicyStatus.STATE_RUNNING
+                         for s in harness.statuses))
+
+
+def _wrong_encoding(msg: Image) -> Image:
+    msg.encoding = '16UC1'
+    return msg
+
+
+def _step_mismatch(msg: Image) -> Image:
+    msg.step = msg.width  # shorter than a row of 3-channel pixels
+    return msg
+
+
+def _truncated(msg: Image) -> Image:
+    msg.data = bytes(msg.data[:len(msg.data) // 2])
+    return msg
+
+
+def _wrong_size(msg: Image) -> Image:
+    msg.height = msg.height * 2  # the data holds half of the rows claimed
+    return msg
+
+
+def _nan_joint(topic: str, msg: JointState) -> JointState:
+    msg.position = [math.nan] + list(msg.position[1:])
+    return msg
+
+
+def _missing_joint(topic: str, msg: JointState) -> JointState:
+    return JointState(header=msg.header, name=list(msg.name[1:]), position=msg.position[1:])
+
+
+@pytest.mark.parametrize('camera_fault, joint_fault, expected', [
+    (_wrong_encoding, None, "encoding '16UC1' is not supported"),
+    (_wrong_size, None, 'Image data is truncated'),
+    (_step_mismatch, None, 'shorter than one row'),
+    (_truncated, None, 'Image data is truncated'),
+    (None, _nan_joint, 'is not finite'),
+    (None, _missing_joint, 'lacks the joints'),
+])
+def test_malformed_inputs_give_a_diagnostic_and_a_safe_hold(make_harness, camera_fault,
+                                                            joint_fault, expected):
+    harness = make_harness()
+    harness.start()
+    harness.wait_running()
+    start = time.monotonic()
+    if camera_fault is not None:
+        camera = harness.adapter.cameras[0].name
+        good = harness.robot.images[camera]
+        bad = conversions.rgb_to_image(conversions.image_to_rgb(good), encoding='rgb8')
+        harness.robot.images[camera] = camera_fault(bad)
+    else:
+        harness.robot.joint_override = joint_fault
+    status = wait_for(lambda: next((s.message for s in harness.statuses if s.time > start
+                                    and expected in s.message.detail), None))
+    assert status.state in (PolicyStatus.STATE_HOLDING, PolicyStatus.STATE_WAITING)
+    diagnostic = wait_for(lambda: next((d.message for d in harness.diagnostics if d.time > start
+                                        and expected in d.message.status[0].message), None))
+    assert diagnostic.status[0].level != diagnostic.status[0].OK
+    ticks = harness.node._ticks
+    wait_for(lambda: harness.node._ticks > ticks + 10)  # still ticking: no crash
+    assert harness.state() == 'active'
+    assert_within_limits(harness)
+
+
+def test_lifecycle_transitions_and_the_enable_switch(make_harness):
+    harness = make_harness(enabled_at_start=False)
+    assert harness.state() == 'unconfigured'
+    assert harness.node.trigger_configure() == SUCCESS and harness.state() == 'inactive'
+    assert harness.node.trigger_activate() == SUCCESS and harness.state() == 'active'
+    topic = harness.adapter.commands[0].topic
+    wait_for(lambda: any(s.message.state == PolicyStatus.STATE_DISABLED
+                         for s in harness.statuses))
+    time.sleep(0.2)
+    assert harness.robot.received(topic) == []  # disabled: nothing is commanded
+    assert harness.call(harness.enable, SetBool.Request(data=True)).success
+    harness.wait_running()
+    assert harness.node.trigger_deactivate() == SUCCESS and harness.state() == 'inactive'
+    time.sleep(0.1)  # the final hold command sent on deactivation may still be in flight
+    stopped = time.monotonic()
+    time.sleep(0.3)
+    assert harness.robot.received(topic, stopped) == []
+    assert harness.node.trigger_cleanup() == SUCCESS and harness.state() == 'unconfigured'
+    assert harness.node._policy is None
+    assert harness.node.trigger_configure() == SUCCESS  # configure again after cleanup
+    assert harness.node.trigger_activate() == SUCCESS
+    harness.wait_running()
+
+
+@pytest.mark.parametrize('overrides', [
+    {'robot': 'no_such_robot'},
+    {'checkpoint': '/no/such/checkpoint'},
+    {'strategy': 'fastest'},
+    {'device': 'gpu'},
+])
+def test_a_bad_config_fails_configure_and_stays_unconfigured(make_harness, overrides):
+    harness = make_harness(**overrides)
+    assert harness.node.trigger_configure() == FAILURE
+    assert harness.state() == 'unconfigured'
+
+
+def test_limits_hold_for_every_command_of_a_running_robot(make_harness):
+    harness = make_harness('aloha', velocity_scale=0.2)
+    harness.start()
+    harness.wait_running()
+    time.sleep(0.5)
+    assert_within_limits(harness)
+    chunk = harness.chunks[-1].message
+    actions = np.reshape(chunk.actions, (chunk.horizon, chunk.dof))
+    assert np.isfinite(actions).all()
