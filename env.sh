@@ -13,8 +13,12 @@ export AMENT_PREFIX_PATH="$VIRTUAL_ENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
 export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 if [ "${1:-}" != "--no-install" ] && [ -f "$_pi0_root/install/local_setup.bash" ]; then
+  # colcon's setup scripts read unset variables: relax `set -u` while sourcing them.
+  case $- in *u*) _pi0_nounset=1; set +u;; *) _pi0_nounset=0;; esac
   # shellcheck disable=SC1091
   . "$_pi0_root/install/local_setup.bash"
+  [ "$_pi0_nounset" = 1 ] && set -u
+  unset _pi0_nounset
   # ament_python console scripts land in lib/<pkg>, which is not on PATH by default.
   export PATH="$_pi0_root/install/pi0_policy/lib/pi0_policy:$PATH"
 fi

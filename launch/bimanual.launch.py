@@ -1,10 +1,9 @@
 """Launch the pi0 policy node for a bimanual robot (ALOHA), optionally with rviz."""
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.conditions import IfCondition
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
+from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
 PACKAGE = 'pi0_policy'
@@ -12,36 +11,16 @@ SETUP = 'bimanual'
 
 
 def generate_launch_description() -> LaunchDescription:
-    """Return the launch description: declared arguments, the policy node and rviz."""
+    """Return pi0_policy.launch.py with this setup's parameter file and robot."""
     share = FindPackageShare(PACKAGE)
-    params_file = PathJoinSubstitution([share, 'config', f'{SETUP}.yaml'])
-    rviz_config = PathJoinSubstitution([share, 'config', 'pi0.rviz'])
-    arguments = [
-        DeclareLaunchArgument(
-            'checkpoint', default_value='',
-            description='pi0 checkpoint folder; empty runs a tiny random model.'),
-        DeclareLaunchArgument(
-            'robot', default_value='aloha',
-            description='Robot config name (config/robots/<name>.yaml) or a YAML path.'),
-        DeclareLaunchArgument('prompt', default_value='',
-                              description='Initial language instruction.'),
-        DeclareLaunchArgument('device', default_value='cpu',
-                              description="Torch device: 'cpu', 'cuda' or 'cuda:<index>'."),
-        DeclareLaunchArgument('rviz', default_value='false',
-                              description='Start rviz2 with config/pi0.rviz.'),
-        DeclareLaunchArgument('use_sim_time', default_value='false',
-                              description='Use the /clock topic (simulation) as time source.'),
-    ]
-    policy = Node(
-        package=PACKAGE, executable='pi0_policy_node', name='pi0_policy_node', output='screen',
-        parameters=[params_file, {
-            'checkpoint': LaunchConfiguration('checkpoint'),
+    robot = DeclareLaunchArgument(
+        'robot', default_value='aloha',
+        description='Robot config name (config/robots/<name>.yaml) or a YAML path.')
+    policy = IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(
+            PathJoinSubstitution([share, 'launch', 'pi0_policy.launch.py'])),
+        launch_arguments={
+            'params_file': PathJoinSubstitution([share, 'config', f'{SETUP}.yaml']),
             'robot': LaunchConfiguration('robot'),
-            'prompt': LaunchConfiguration('prompt'),
-            'device': LaunchConfiguration('device'),
-            'use_sim_time': LaunchConfiguration('use_sim_time'),
-        }])
-    rviz = Node(package='rviz2', executable='rviz2', arguments=['-d', rviz_config],
-                parameters=[{'use_sim_time': LaunchConfiguration('use_sim_time')}],
-                condition=IfCondition(LaunchConfiguration('rviz')))
-    return LaunchDescription(arguments + [policy, rviz])
+        }.items())
+    return LaunchDescription([robot, policy])

@@ -65,7 +65,7 @@ grep -rlZ --include='*.cmake' /opt/python/cp311-cp311 "$VENV/share" 2>/dev/null 
 if [ "${PI0_SKIP_BUILD:-0}" != 1 ]; then
   log "colcon build"
   # shellcheck disable=SC1091
-  ( source "$ROOT/env.sh" --no-install && colcon build --event-handlers console_cohesion- summary+ >/dev/null \
+  ( source "$ROOT/env.sh" --no-install && colcon build --symlink-install --event-handlers console_cohesion- summary+ >/dev/null \
       || { echo "[setup] colcon build failed; see log/latest_build" >&2; exit 1; } )
 fi
 log "done. Enter the environment with: source ./env.sh"

@@ -10,15 +10,18 @@ import ast
 import importlib.util
 import pathlib
 
-from pi0_policy.ros import params
+from pi0_policy.ros import params, sim_node
 import pytest
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH_FILES = sorted((ROOT / 'launch').glob('*.launch.py'))
-OWN_LAUNCH_FILES = ('bimanual', 'single_arm', 'mobile_manipulator')
+# The per-setup launch files; each includes the base launch file pi0_policy.launch.py.
+OWN_LAUNCH_FILES = ('bimanual', 'single_arm', 'mobile_manipulator', 'sim_bimanual')
+BASE_LAUNCH_FILE = 'pi0_policy'
 REQUIRED_ARGUMENTS = {'checkpoint', 'robot', 'prompt', 'device', 'rviz', 'use_sim_time'}
 NODE_NAME = 'pi0_policy_node'
+SIM_NODE_NAME = 'aloha_sim'
 # Executables of other packages that a launch file may start.
 EXTERNAL_EXECUTABLES = {'rviz2', 'robot_state_publisher'}
 MAX_LINES = 80
@@ -70,7 +73,30 @@ def test_the_three_setups_have_launch_files():
     assert set(OWN_LAUNCH_FILES) <= names
 
 
-@pytest.mark.parametrize('setup', OWN_LAUNCH_FILES)
+def referenced_files(tree: ast.Module) -> list[pathlib.Path]:
+    """Return the package files a launch file names through PathJoinSubstitution."""
+    names = module_strings(tree)
+    return [ROOT.joinpath(*[literal(e, names) for e in call.args[0].elts[1:]])
+            for call in calls(tree, 'PathJoinSubstitution')]
+
+
+def declared_arguments(path: pathlib.Path) -> set[str]:
+    """Return the arguments a launch file declares itself or through the files it includes."""
+    tree = ast.parse(path.read_text())
+    declared = set()
+    for call in calls(tree, 'DeclareLaunchArgument'):
+        name = literal(call.args[0], {})
+        description = keyword(call, 'description')
+        assert description is not None and literal(description, {}).strip(), name
+        assert keyword(call, 'default_value') is not None, name
+        declared.add(name)
+    for included in referenced_files(tree):
+        if included.name.endswith('.launch.py') and included != path:
+            declared |= declared_arguments(included)
+    return declared
+
+
+@pytest.mark.parametrize('setup', (BASE_LAUNCH_FILE, *OWN_LAUNCH_FILES))
 def test_launch_file_is_thin_and_declares_described_arguments(setup):
     path = ROOT / 'launch' / f'{setup}.launch.py'
     text = path.read_text()
@@ -79,19 +105,13 @@ def test_launch_file_is_thin_and_declares_described_arguments(setup):
     assert ast.get_docstring(tree)
     assert any(isinstance(n, ast.FunctionDef) and n.name == 'generate_launch_description'
                for n in tree.body)
-    declared = set()
-    for call in calls(tree, 'DeclareLaunchArgument'):
-        name = literal(call.args[0], {})
-        description = keyword(call, 'description')
-        assert description is not None and literal(description, {}).strip(), name
-        assert keyword(call, 'default_value') is not None, name
-        declared.add(name)
-    assert REQUIRED_ARGUMENTS <= declared
+    declared = declared_arguments(path)
+    assert REQUIRED_ARGUMENTS <= declared, f'missing: {REQUIRED_ARGUMENTS - declared}'
     used = {literal(call.args[0], {}) for call in calls(tree, 'LaunchConfiguration')}
     assert used <= declared, f'undeclared: {used - declared}'
 
 
-@pytest.mark.parametrize('setup', OWN_LAUNCH_FILES)
+@pytest.mark.parametrize('setup', (BASE_LAUNCH_FILE, *OWN_LAUNCH_FILES))
 def test_executables_are_console_scripts_and_configs_are_params_files(setup):
     tree = ast.parse((ROOT / 'launch' / f'{setup}.launch.py').read_text())
     names = module_strings(tree)
@@ -103,20 +123,21 @@ def test_executables_are_console_scripts_and_configs_are_params_files(setup):
             assert executable in scripts
         else:
             assert executable in EXTERNAL_EXECUTABLES
-    configs = []
-    for call in calls(tree, 'PathJoinSubstitution'):
-        parts = [literal(e, names) for e in call.args[0].elts[1:]]
-        configs.append(ROOT.joinpath(*parts))
+    configs = referenced_files(tree)
     assert configs
+    declared_by_node = {NODE_NAME: set(params.PARAMETER_NAMES),
+                        SIM_NODE_NAME: {spec.name for spec in sim_node.SIM_PARAMETERS}}
     for config in configs:
         assert config.is_file(), config
         if config.suffix == '.yaml':
             data = yaml.safe_load(config.read_text())
-            assert list(data) == [NODE_NAME]
-            overrides = data[NODE_NAME]['ros__parameters']
-            unknown = set(overrides) - set(params.PARAMETER_NAMES)
-            assert not unknown, f'{config.name} sets undeclared parameters {unknown}'
-            params.node_config_from_values(overrides)  # values pass the parameter checks
+            assert NODE_NAME in data and set(data) <= set(declared_by_node), list(data)
+            for node, section in data.items():
+                overrides = section['ros__parameters']
+                unknown = set(overrides) - declared_by_node[node]
+                assert not unknown, f'{config.name} sets undeclared {node} parameters {unknown}'
+            # The policy node's values pass the parameter checks.
+            params.node_config_from_values(data[NODE_NAME]['ros__parameters'])
 
 
 def test_rviz_config_shows_the_previews():
@@ -125,7 +146,7 @@ def test_rviz_config_shows_the_previews():
     assert f'/{NODE_NAME}/preview/markers' in topics
 
 
-@pytest.mark.parametrize('setup', OWN_LAUNCH_FILES)
+@pytest.mark.parametrize('setup', (BASE_LAUNCH_FILE, *OWN_LAUNCH_FILES))
 def test_launch_description_builds_where_launch_ros_exists(setup):
     pytest.importorskip('launch_ros', reason='launch_ros has no wheel in this toolchain')
     spec = importlib.util.spec_from_file_location(setup, ROOT / 'launch' / f'{setup}.launch.py')
