@@ -1,7 +1,7 @@
 """
 Launch the pi0 policy node with a setup's parameter file, optionally with rviz.
 
-The per-robot launch files (bimanual, single_arm, mobile_manipulator, sim_bimanual) include this one
+The per-setup launch files (bimanual, single_arm, mobile_manipulator, sim_bimanual) include it
 with their own `params_file` and `robot` defaults.
 """
 

@@ -7,12 +7,15 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from embodiment_adapters import load_robot_config, make_adapter
 from nav_msgs.msg import Odometry
 import numpy as np
+from openpi_client import image_tools
 from pi0_policy.ros import commands, conversions, diagnostics, observation, visualization
+from pi0_policy.runtime import transforms
 import pytest
 from sensor_msgs.msg import CompressedImage, Image, JointState
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, size=(6, 5, 3), dtype=np.uint8)  # (H, W, 3)
+MODEL_SIZE = 224
 
 
 @pytest.mark.parametrize('encoding', sorted(conversions.ENCODING_CHANNELS))
@@ -21,12 +24,34 @@ def test_builtin_image_round_trip_every_encoding(encoding, padding):
     msg = conversions.rgb_to_image(RGB, encoding=encoding, padding=padding)
     assert msg.step == RGB.shape[1] * conversions.ENCODING_CHANNELS[encoding] + padding
     rgb = conversions.image_to_rgb(msg, use_cv_bridge=False)
-    assert rgb.shape == RGB.shape and rgb.dtype == np.uint8 and rgb.flags.c_contiguous
+    copied = conversions.image_to_rgb(msg, use_cv_bridge=False, copy=True)
+    assert rgb.shape == RGB.shape and rgb.dtype == np.uint8 and not rgb.flags.writeable
+    assert copied.flags.c_contiguous and copied.flags.writeable and copied.flags.owndata
+    expected = RGB
     if encoding == 'mono8':
         gray = RGB.mean(axis=2).round().astype(np.uint8)
-        np.testing.assert_array_equal(rgb, np.repeat(gray[:, :, None], 3, axis=2))
-    else:
-        np.testing.assert_array_equal(rgb, RGB)
+        expected = np.repeat(gray[:, :, None], 3, axis=2)
+    np.testing.assert_array_equal(rgb, expected)
+    np.testing.assert_array_equal(copied, expected)
+
+
+@pytest.mark.parametrize('encoding', sorted(conversions.ENCODING_CHANNELS))
+def test_builtin_decoding_is_a_view_of_the_message(encoding):
+    msg = conversions.rgb_to_image(RGB, encoding=encoding)
+    rgb = conversions.image_to_rgb(msg, use_cv_bridge=False)
+    assert np.shares_memory(rgb, np.frombuffer(msg.data, np.uint8))  # no copy of the pixels
+    with pytest.raises(ValueError, match='read-only'):
+        rgb[0, 0, 0] = 0  # writing would change the message
+
+
+@pytest.mark.parametrize('encoding', sorted(conversions.ENCODING_CHANNELS))
+def test_decoded_views_resize_like_openpi_client(encoding):
+    rgb = np.random.default_rng(3).integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+    msg = conversions.rgb_to_image(rgb, encoding=encoding, padding=1)
+    expected = conversions.image_to_rgb(msg, use_cv_bridge=False, copy=True)
+    view = conversions.image_to_rgb(msg, use_cv_bridge=False)
+    np.testing.assert_array_equal(transforms.resize_with_pad(view, MODEL_SIZE, MODEL_SIZE),
+                                  image_tools.resize_with_pad(expected, MODEL_SIZE, MODEL_SIZE))
 
 
 def test_bgr8_bytes_are_swapped_by_hand():

@@ -8,6 +8,10 @@ robot YAML) on a MultiThreadedExecutor spun in a thread, and drives the lifecycl
 from collections.abc import Callable, Iterator
 import itertools
 import math
+import os
+import pathlib
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -43,6 +47,8 @@ TIMEOUT_S = 20.0  # generous: the 2-core CI machine is shared
 HOLD_WITHIN_S = 0.1  # a stale camera must cause a hold this soon after max_age is exceeded
 LIMIT_TOLERANCE = 1e-9
 SWITCH_INTERVAL_S = 0.001
+SHUTDOWN_S = 5.0  # a node process must exit this soon after SIGINT
+SRC = pathlib.Path(__file__).resolve().parents[1] / 'src'
 _COUNTER = itertools.count()
 
 
@@ -352,3 +358,44 @@ def test_limits_hold_for_every_command_of_a_running_robot(make_harness):
     chunk = harness.chunks[-1].message
     actions = np.reshape(chunk.actions, (chunk.horizon, chunk.dof))
     assert np.isfinite(actions).all()
+
+
+def test_sigint_stops_the_node_process_cleanly(tmp_path):
+    """Ctrl-C on a commanding node: exit code 0 within SHUTDOWN_S, no traceback, no hang."""
+    path = prefixed_robot_yaml('mock', f'/sigint{os.getpid()}', tmp_path)
+    adapter = make_adapter(load_robot_config(path))
+    topic = adapter.commands[0].topic
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(SRC)] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
+    stderr_path = tmp_path / 'node.stderr'
+    rclpy.init()
+    robot = SyntheticRobot(adapter, name=f'sigint_robot_{os.getpid()}')
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(robot)
+    spinner = threading.Thread(target=executor.spin)
+    spinner.start()
+    with open(stderr_path, 'w') as stderr:
+        process = subprocess.Popen(
+            [sys.executable, '-m', 'pi0_policy.ros.policy_node', '--ros-args',
+             '-p', f'robot:={path}', '-p', 'autostart:=true', '-p', 'torch_threads:=1'],
+            stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+    try:
+        wait_for(lambda: robot.received(topic) or process.poll() is not None)
+        assert process.poll() is None, f'node exited early:\n{stderr_path.read_text()}'
+        process.send_signal(signal.SIGINT)
+        try:
+            code = process.wait(timeout=SHUTDOWN_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f'node still running {SHUTDOWN_S} s after SIGINT:\n'
+                        f'{stderr_path.read_text()}')
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        executor.shutdown()
+        spinner.join()
+        robot.destroy_node()
+        rclpy.try_shutdown()
+    errors = stderr_path.read_text()
+    assert code == 0, errors
+    assert 'Traceback' not in errors and 'terminate called' not in errors, errors

@@ -52,6 +52,66 @@ def test_image_to_model_range_and_layout():
     assert black.shape == (3, 4, 5) and (black == -1.0).all()
 
 
+def strided_views(rgb: np.ndarray) -> dict[str, np.ndarray]:
+    """Return views of ``rgb`` laid out as decoded camera messages are (no pixel copies)."""
+    height, width, _ = rgb.shape
+    padded = np.zeros((height, width * 3 + 5), np.uint8)  # rows padded by 5 bytes
+    padded[:, :width * 3] = rgb.reshape(height, -1)
+    rgba = np.concatenate([rgb, np.full((height, width, 1), 7, np.uint8)], axis=2)
+    return {
+        'row_padded': padded[:, :width * 3].reshape(height, width, 3),
+        'bgr': np.ascontiguousarray(rgb[:, :, ::-1])[:, :, ::-1],  # negative channel stride
+        'rgba': rgba[:, :, :3],  # pixel stride 4
+        'bgra': np.ascontiguousarray(rgba[:, :, [2, 1, 0, 3]])[:, :, 2::-1],
+    }
+
+
+@pytest.mark.parametrize('size', [(480, 640), (37, 101), (301, 203)])
+def test_resize_with_pad_of_strided_views_equals_openpi_client(size):
+    rng = np.random.default_rng(size[0])
+    rgb = rng.integers(0, 256, size + (3,), dtype=np.uint8)
+    ref = image_tools.resize_with_pad(rgb, MODEL_SIZE, MODEL_SIZE)
+    for name, view in strided_views(rgb).items():
+        np.testing.assert_array_equal(view, rgb)
+        np.testing.assert_array_equal(tf.resize_with_pad(view, MODEL_SIZE, MODEL_SIZE), ref,
+                                      err_msg=name)
+    # A mono camera: one channel broadcast to three (zero stride) is resized once.
+    gray = rgb[:, :, 1]
+    mono = np.broadcast_to(gray[:, :, None], size + (3,))
+    np.testing.assert_array_equal(
+        tf.resize_with_pad(mono, MODEL_SIZE, MODEL_SIZE),
+        image_tools.resize_with_pad(np.repeat(gray[:, :, None], 3, axis=2), MODEL_SIZE,
+                                    MODEL_SIZE))
+
+
+@pytest.mark.parametrize('size', [(480, 640), (640, 480), (224, 224), (37, 101), (50, 300)])
+def test_fused_resize_to_model_is_bit_identical(size):
+    rng = np.random.default_rng(size[1])
+    rgb = rng.integers(0, 256, size + (3,), dtype=np.uint8)
+    ref = tf.image_to_model(image_tools.resize_with_pad(rgb, MODEL_SIZE, MODEL_SIZE))
+    batch = np.full((2, 3, MODEL_SIZE, MODEL_SIZE), np.nan, np.float32)  # (C, 3, H, W)
+    out = tf.resize_with_pad_to_model(rgb[:, :, ::-1][:, :, ::-1], MODEL_SIZE, MODEL_SIZE,
+                                      out=batch[1])
+    assert out.base is batch and np.isnan(batch[0]).all()
+    np.testing.assert_array_equal(batch[1], ref)  # every pixel written, padding included
+    np.testing.assert_array_equal(tf.resize_with_pad_to_model(rgb, MODEL_SIZE, MODEL_SIZE), ref)
+
+
+def test_image_to_model_matches_the_float32_formula():
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    image = np.stack([values, values.T, 255 - values], axis=2)  # (16, 16, 3), every value
+    expected = (np.transpose(image, (2, 0, 1)).astype(np.float32) * np.float32(2.0 / 255.0)
+                - np.float32(1.0))
+    np.testing.assert_array_equal(tf.image_to_model(image), expected)
+
+
+def test_fused_resize_to_model_rejects_a_wrong_out_array():
+    image = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(ValueError, match=r'out has shape \(3, 8, 8\) and dtype float64; '
+                                         r'expected \(3, 4, 4\) float32'):
+        tf.resize_with_pad_to_model(image, 4, 4, out=np.zeros((3, 8, 8)))
+
+
 def test_check_rgb_image_errors():
     good = np.zeros((4, 4, 3), np.uint8)
     assert tf.check_rgb_image(good) is good

@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover - depends on the install
 # Raw encodings the built-in path decodes (8 bits per channel, so endianness is irrelevant).
 ENCODING_CHANNELS: dict[str, int] = {'rgb8': 3, 'bgr8': 3, 'rgba8': 4, 'bgra8': 4, 'mono8': 1}
 # Channel slice that turns each encoding into RGB (None: replicate the single channel); slices
-# copy faster than index lists.
+# give views, where index lists would copy.
 _TO_RGB: dict[str, slice | None] = {
     'rgb8': slice(0, 3), 'bgr8': slice(2, None, -1), 'rgba8': slice(0, 3),
     'bgra8': slice(2, None, -1), 'mono8': None}
@@ -127,17 +127,27 @@ def clean_instruction(text: str, max_chars: int) -> str:
     return cleaned
 
 
-def image_to_rgb(msg: Image, *, use_cv_bridge: bool | None = None) -> np.ndarray:
+def image_to_rgb(msg: Image, *, use_cv_bridge: bool | None = None,
+                 copy: bool = False) -> np.ndarray:
     """
-    Decode a raw ``sensor_msgs/Image`` into an RGB array.
+    Decode a raw ``sensor_msgs/Image`` into an RGB array, without copying the pixels.
+
+    The built-in path returns a read-only view of ``msg.data`` in RGB channel order: row
+    padding is skipped by strides, bgr8/bgra8 reverse the channel axis (negative stride), rgba8
+    drops alpha by stride and mono8 repeats its one channel (zero stride).
+    ``pi0_policy.runtime.transforms.resize_with_pad`` resizes such views without a full-size
+    copy, so the only full-resolution pass is the resize itself.
 
     Args:
         msg: The image message (rgb8, bgr8, rgba8, bgra8 or mono8, any row padding).
         use_cv_bridge: Use cv_bridge (True), the built-in path (False) or cv_bridge when it is
             importable (None).
+        copy: Return a C-contiguous array that owns its pixels (e.g. to keep frames after the
+            message is gone or to write into them).
 
     Returns:
-        The image, (H, W, 3) uint8, C-contiguous.
+        The image, (H, W, 3) uint8: a read-only strided view of the message, or a C-contiguous
+        copy when ``copy`` is True or cv_bridge decoded it.
 
     Raises:
         ValueError: The message is malformed (see ``validate_image``), or cv_bridge was asked for
@@ -154,13 +164,19 @@ def image_to_rgb(msg: Image, *, use_cv_bridge: bool | None = None) -> np.ndarray
         rgb = CvBridge().imgmsg_to_cv2(msg, desired_encoding='rgb8')
         return np.ascontiguousarray(rgb)
     channels = ENCODING_CHANNELS[msg.encoding]
-    rows = np.frombuffer(msg.data, np.uint8, count=msg.step * msg.height)
+    rows = np.frombuffer(msg.data, np.uint8, count=msg.step * msg.height)  # no copy
     pixels = rows.reshape(msg.height, msg.step)[:, :msg.width * channels]
-    pixels = pixels.reshape(msg.height, msg.width, channels)  # (H, W, C)
+    pixels = pixels.reshape(msg.height, msg.width, channels)  # (H, W, C) view
     order = _TO_RGB[msg.encoding]
     if order is None:
-        return np.ascontiguousarray(np.repeat(pixels, RGB_CHANNELS, axis=2))
-    return np.ascontiguousarray(pixels[:, :, order])
+        rgb = np.broadcast_to(pixels, (msg.height, msg.width, RGB_CHANNELS))
+    else:
+        rgb = pixels[:, :, order]
+    if copy:
+        return np.array(rgb, order='C')  # always a copy (ascontiguousarray may return a view)
+    rgb = rgb.view()
+    rgb.flags.writeable = False  # a view of the message: writing would change the message
+    return rgb
 
 
 def rgb_to_image(rgb: np.ndarray, *, encoding: str = 'rgb8', stamp: Time | None = None,

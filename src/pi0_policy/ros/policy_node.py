@@ -7,6 +7,13 @@ timer and the inference thread; deactivate stops them (the base gets a zero twis
 cleanup frees the model. Threads: the control timer has its own callback group and only takes
 the next action from the chunk executor, filters it and publishes; subscriptions, services and
 reporting share another group; inference runs in ``InferenceWorker``'s thread.
+
+Shutdown (Ctrl-C, SIGTERM, or the shutdown transition): ``close()`` stops the control timer, waits
+for a tick in progress, joins the inference thread (a thread still running torch at interpreter
+exit aborts the process) and sends a final hold only while the ROS context can still deliver it.
+rclpy's signal handler shuts the context down before ``main`` regains control, so after Ctrl-C no
+final command is sent: joint controllers keep their last (safe) target and a base stops at its
+command timeout.
 """
 
 from dataclasses import replace
@@ -30,7 +37,9 @@ from pi0_policy.runtime.safety import HoldReason, SafetyConfig, SafetyFilter
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.logging import get_logger
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
@@ -45,6 +54,7 @@ MS = 1000.0
 # Executor threads: control timer, inputs/services/reporting, lifecycle services.
 EXECUTOR_THREADS = 3
 GIL_SWITCH_INTERVAL = 0.001  # seconds
+SHUTDOWN_LOGGER = f'{NODE_NAME}.shutdown'  # console-only logger used once ROS is shut down
 
 
 class PolicyNode(LifecycleNode):
@@ -59,7 +69,8 @@ class PolicyNode(LifecycleNode):
         self._worker: InferenceWorker | None = None
         self._control_timer = None
         self._entities: list = []  # subscriptions, publishers, services, timers of configure
-        self._lock = threading.Lock()
+        # Held by a control tick; close() takes it to wait for a tick that is still running.
+        self._tick_lock = threading.Lock()
         if self.get_parameter('autostart').value:
             if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
                 self.trigger_activate()
@@ -163,19 +174,39 @@ class PolicyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def close(self) -> None:
-        """Stop commanding, join the inference thread and free the model (idempotent)."""
+        """
+        Stop commanding, join the inference thread and free the model.
+
+        Idempotent, and safe after the ROS context was shut down (Ctrl-C): the final hold is
+        then skipped and logged instead of raising.
+        """
         self._stop_control()
         self._release()
 
     def _stop_control(self) -> None:
-        """Destroy the control timer, send a final hold (zero base velocity), join the worker."""
-        if self._control_timer is not None:
-            self.destroy_timer(self._control_timer)
-            self._control_timer = None
-            self._publish(self._safety.hold(HoldReason.DISABLED, self._measured())[0])
+        """Stop the control timer, join the worker, then send a final hold (zero base velocity)."""
+        with self._tick_lock:  # a tick in progress finishes first; later ticks see no timer
+            timer, self._control_timer = self._control_timer, None
+        if timer is not None:
+            self.destroy_timer(timer)
         if self._worker is not None:
-            self._worker.stop()
+            self._worker.stop()  # joins the thread; waits for an inference in progress
             self._worker = None
+        if timer is not None:
+            self._final_hold()
+
+    def _final_hold(self) -> None:
+        """Publish one hold command if the ROS context can still deliver it; never raise."""
+        # Not the node's logger: it would also try to publish to /rosout, which is gone.
+        logger = get_logger(SHUTDOWN_LOGGER)
+        if not self.context.ok():
+            logger.info('ROS is shut down: no final hold command sent (controllers keep the '
+                        'last command).')
+            return
+        try:
+            self._publish(self._safety.hold(HoldReason.DISABLED, self._measured())[0])
+        except _rclpy.RCLError as error:  # the context was shut down after the check above
+            logger.info(f'final hold command not sent: {error}')
 
     def _release(self) -> None:
         """Destroy configure's entities and close the policy."""
@@ -258,6 +289,8 @@ class PolicyNode(LifecycleNode):
         self._report_error(self._fault)
 
     def _publish_chunk(self, result, obs_time: float, instruction: str) -> None:
+        if not self.context.ok():  # shutting down: the chunk is no longer delivered
+            return
         stamp, a = conversions.to_time(obs_time), self._adapter
         self._chunk_pub.publish(conversions.action_chunk(
             stamp=stamp, embodiment=a.name, sequence=self._sequence, instruction=instruction,
@@ -277,6 +310,12 @@ class PolicyNode(LifecycleNode):
         return measured_command(self._adapter, self._inputs, self._buffer.snapshot())
 
     def _on_control_tick(self) -> None:
+        """Run one control tick unless control was stopped while this callback waited."""
+        with self._tick_lock:
+            if self._control_timer is not None:
+                self._control_tick()
+
+    def _control_tick(self) -> None:
         """Take the next action (or hold), make it safe and publish it; never infers."""
         now = self._now()
         self._rate.tick(now)
@@ -319,6 +358,8 @@ class PolicyNode(LifecycleNode):
                         f'{reason.value}: {detail}')
 
     def _publish(self, command) -> None:
+        if not self.context.ok():  # a tick that raced with Ctrl-C: nothing can be delivered
+            return
         stamp = self.get_clock().now().to_msg()
         for publisher, msg in zip(self._command_pubs, self._router.messages(command, stamp)):
             if msg is not None:
@@ -371,9 +412,13 @@ def main(args: list[str] | None = None) -> None:
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        pass  # Ctrl-C / SIGTERM: rclpy has shut the context down already
     finally:
         if node is not None:
-            node.close()
+            node.close()  # stops the timer and joins the inference thread before exit
             node.destroy_node()
         rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()

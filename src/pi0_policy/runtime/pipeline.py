@@ -189,14 +189,16 @@ class Pi0Pipeline:
         # The adapter routes cameras to slot keys and rejects a missing required camera.
         routed = self.adapter.model_images(images)  # {slot key: (h, w, 3) uint8 | None}
         size = self.image_size
-        out = np.full((self.num_cameras, 3, size, size), transforms.BLACK_MODEL_VALUE,
-                      dtype=np.float32)  # (C, 3, H, W)
+        # Every slot is written below: resized in place, or black when the camera is absent.
+        out = np.empty((self.num_cameras, transforms.RGB_CHANNELS, size, size),
+                       dtype=np.float32)  # (C, 3, H, W)
         masks = np.zeros(self.num_cameras, dtype=bool)  # (C,)
         for slot, key in enumerate(unified.MODEL_IMAGE_KEYS[:self.num_cameras]):
             image = routed.get(key)
             if image is None:
+                out[slot] = transforms.BLACK_MODEL_VALUE
                 continue
             image = transforms.check_rgb_image(image, f'image slot {key!r}')
-            out[slot] = transforms.image_to_model(transforms.resize_with_pad(image, size, size))
+            transforms.resize_with_pad_to_model(image, size, size, out=out[slot])
             masks[slot] = True
         return out, masks

@@ -23,6 +23,9 @@ RGB_CHANNELS = 3
 UINT8_MAX = 255.0
 # Model-space value of a black pixel (uint8 0 mapped to [-1, 1]).
 BLACK_MODEL_VALUE = -1.0
+# uint8 pixel v to model space: v * PIXEL_SCALE - PIXEL_OFFSET, in float32 arithmetic.
+PIXEL_SCALE = np.float32(2.0 / UINT8_MAX)
+PIXEL_OFFSET = np.float32(1.0)
 # π0 normalization eps (spec §6.3), used by both directions of both modes.
 NORM_EPS = 1e-6
 # norm_stats.json layout: <checkpoint>/assets/<asset_id>/norm_stats.json.
@@ -76,7 +79,10 @@ def resize_with_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
     ``r = max(w / width, h / height)``, resize to ``(int(h / r), int(w / r))`` and paste at
     offsets ``int((height - new_h) / 2)``, ``int((width - new_w) / 2)`` on a zero canvas (an odd
     leftover pixel goes to the bottom/right). An image already of the target size is returned
-    unchanged.
+    unchanged. Strided views are accepted without a full-size copy: channels in reverse memory
+    order (BGR data) are resized in memory order and reordered on the small result, and one
+    channel broadcast to three (mono data) is resized once; both give the same bytes because
+    PIL's bilinear filter treats each channel on its own.
 
     Args:
         image: (H, W, 3) uint8 or a batch (..., H, W, 3) uint8.
@@ -92,25 +98,96 @@ def resize_with_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
         flat = image.reshape((-1,) + image.shape[-3:])
         out = np.stack([resize_with_pad(one, height, width) for one in flat])
         return out.reshape(lead + out.shape[1:])
-    cur_h, cur_w = image.shape[:2]
-    if (cur_h, cur_w) == (height, width):
+    if image.shape[:2] == (height, width):
         return image
+    resized, top, left = _resize_to_fit(image, height, width)
+    canvas = np.zeros((height, width) + image.shape[2:], dtype=image.dtype)
+    canvas[top:top + resized.shape[0], left:left + resized.shape[1]] = resized
+    return canvas
+
+
+def resize_with_pad_to_model(image: np.ndarray, height: int, width: int,
+                             out: np.ndarray | None = None) -> np.ndarray:
+    """
+    Return ``image_to_model(resize_with_pad(image, height, width))``, fused.
+
+    The same values, bit for bit, without the intermediate canvas: the padding is written as
+    ``BLACK_MODEL_VALUE`` and only the resized pixels are converted.
+
+    Args:
+        image: (H, W, 3) uint8 (strided views as in :func:`resize_with_pad`).
+        height: target height in pixels.
+        width: target width in pixels.
+        out: (3, height, width) float32 to write into (e.g. one camera slot of a batch);
+            None allocates it.
+
+    Returns:
+        ``out``: (3, height, width) float32 in [-1, 1].
+
+    Raises:
+        ValueError: ``out`` has the wrong shape or dtype.
+
+    """
+    shape = (RGB_CHANNELS, height, width)
+    if out is None:
+        out = np.empty(shape, np.float32)
+    elif out.shape != shape or out.dtype != np.float32:
+        raise ValueError(f'out has shape {out.shape} and dtype {out.dtype}; expected {shape} '
+                         'float32 (3, height, width). Pass a slot of a float32 (C, 3, H, W) '
+                         'array or None.')
+    if image.shape[:2] == (height, width):
+        resized, top, left = image, 0, 0
+    else:
+        resized, top, left = _resize_to_fit(image, height, width)
+    new_h, new_w = resized.shape[:2]
+    # Black bands: rows above/below, then columns left/right of the pasted image.
+    out[:, :top] = BLACK_MODEL_VALUE
+    out[:, top + new_h:] = BLACK_MODEL_VALUE
+    out[:, top:top + new_h, :left] = BLACK_MODEL_VALUE
+    out[:, top:top + new_h, left + new_w:] = BLACK_MODEL_VALUE
+    _to_model(resized, out[:, top:top + new_h, left:left + new_w])
+    return out
+
+
+def _resize_to_fit(image: np.ndarray, height: int, width: int) -> tuple[np.ndarray, int, int]:
+    """Resize (H, W, 3) uint8 to fit (height, width): (resized (h, w, 3), top, left)."""
+    cur_h, cur_w = image.shape[:2]
     ratio = max(cur_w / width, cur_h / height)
     new_h = int(cur_h / ratio)
     new_w = int(cur_w / ratio)
-    resized = np.asarray(
-        Image.fromarray(image).resize((new_w, new_h), resample=Image.BILINEAR))
-    canvas = np.zeros((height, width) + image.shape[2:], dtype=image.dtype)
     top = max(0, int((height - new_h) / 2))
     left = max(0, int((width - new_w) / 2))
-    canvas[top:top + new_h, left:left + new_w] = resized
-    return canvas
+    return _bilinear(image, new_h, new_w), top, left
+
+
+def _bilinear(image: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
+    """PIL-bilinear resize of (H, W, 3) uint8 to (new_h, new_w, 3), per channel."""
+    channel_stride = image.strides[2]
+    if channel_stride == 0:  # one channel broadcast to three: resize it once ('L' image)
+        plane = np.asarray(Image.fromarray(np.ascontiguousarray(image[:, :, 0])).resize(
+            (new_w, new_h), resample=Image.BILINEAR))  # (new_h, new_w)
+        return np.broadcast_to(plane[:, :, None], (new_h, new_w, image.shape[2]))
+    if channel_stride < 0:  # channels in reverse memory order (BGR): reorder the small result
+        return _bilinear(image[:, :, ::-1], new_h, new_w)[:, :, ::-1]
+    # ascontiguousarray copies only row-padded or interleaved (RGBA) views.
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(
+        (new_w, new_h), resample=Image.BILINEAR))
 
 
 def image_to_model(image: np.ndarray) -> np.ndarray:
     """Map an (H, W, 3) uint8 image to the model's (3, H, W) float32 in [-1, 1]."""
-    chw = np.transpose(image, (2, 0, 1)).astype(np.float32)  # (3, H, W)
-    return chw * np.float32(2.0 / UINT8_MAX) - np.float32(1.0)
+    out = np.empty((RGB_CHANNELS,) + image.shape[:2], np.float32)  # (3, H, W)
+    _to_model(image, out)
+    return out
+
+
+def _to_model(image: np.ndarray, out: np.ndarray) -> None:
+    """Write (h, w, 3) uint8 into a (3, h, w) float32 view, scaled to [-1, 1], in place."""
+    # uint8 -> float32 is exact, so this equals astype(float32) * scale - offset, with no
+    # temporaries.
+    np.multiply(np.transpose(image, (2, 0, 1)), PIXEL_SCALE, out=out, dtype=np.float32,
+                casting='unsafe')
+    np.subtract(out, PIXEL_OFFSET, out=out)
 
 
 def black_image(height: int, width: int) -> np.ndarray:
