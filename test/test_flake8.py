@@ -1,4 +1,4 @@
-"""ament_flake8 over the package's Python code (ament's lint profile: 99 columns, single quotes)."""
+"""ament_flake8 over the package's Python code (ament profile: 99 columns, single quotes)."""
 
 import pathlib
 

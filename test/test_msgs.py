@@ -1,4 +1,4 @@
-"""pi0_msgs: a real publish/subscribe (and service) round trip of every interface over loopback DDS."""
+"""pi0_msgs: real publish/subscribe and service round trips of every interface over DDS."""
 
 import threading
 import time

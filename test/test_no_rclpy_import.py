@@ -9,7 +9,7 @@ SRC = ROOT / 'src'
 PURE_PACKAGES = ['pi0_policy.model', 'pi0_policy.runtime', 'pi0_policy.sim', 'embodiment_adapters']
 
 # Runs in a fresh interpreter where `import rclpy` (and the message packages) raise ImportError.
-_PROBE = r'''
+_PROBE = r"""
 import importlib, pkgutil, sys
 for blocked in ('rclpy', 'pi0_msgs', 'sensor_msgs', 'std_msgs', 'pi0_policy.ros'):
     sys.modules[blocked] = None
@@ -28,7 +28,7 @@ for name in modules:
 print('\n'.join(failures))
 print(f'checked {len(modules)} modules')
 sys.exit(1 if failures else 0)
-'''
+"""
 
 
 def _modules_under(package: str) -> list[str]:

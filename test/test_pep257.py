@@ -7,9 +7,9 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LINTED = ['src', 'test', 'launch', 'benchmarks', 'setup.py']
-# The ament convention, plus ignoring the numpy-only section rules (underlines under section names,
-# a blank line after the last section) that contradict the Google-style Args/Returns/Raises sections
-# the house style asks for (HS-18).
+# The ament convention, plus ignoring the numpy-only section rules (underlined section names, a
+# blank line after the last section) that contradict the Google-style Args/Returns/Raises
+# sections the house style asks for (HS-18).
 GOOGLE_SECTIONS_IGNORE = ['D406', 'D407', 'D413']
 
 

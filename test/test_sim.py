@@ -1,14 +1,20 @@
 """Tests of the simulated ALOHA: the MuJoCo wrapper, trajectory following and the sim node."""
 
+import io
+import json
+import math
 import time
 
-from embodiment_adapters import load_robot_config
+from embodiment_adapters import load_adapter, load_robot_config
 import numpy as np
+from pi0_msgs.msg import PolicyStatus
 from pi0_policy.ros import conversions
 from pi0_policy.ros.sim_node import AlohaSimNode, build_routes, parse_mapping
+from pi0_policy.sim import report
 from pi0_policy.sim.aloha import (
     AlohaSim, AlohaSimConfig, ARM_DOF, GripperCalibration, INTERBOTIX_ROS2_GRIPPER,
     select_headless_gl, STATE_JOINT_NAMES, TOP_CAMERA, TrajectoryTarget)
+from PIL import Image as PilImage
 import pytest
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
@@ -233,3 +239,68 @@ def test_sim_node_serves_the_aloha_interfaces():
         probe.destroy_node()
         sim.destroy_node()
         rclpy.try_shutdown(context=context)
+
+
+# -- report writers (pi0_policy.sim.report) ----------------------------------------------------
+
+REPORT_FRAMES = 4
+REPORT_WALL = 2.0  # seconds recorded
+MP4_BOX = b'ftyp'  # an MP4 file starts with a 'ftyp' box at byte 4
+
+
+def _report_records():
+    names = ['left_waist', 'left_gripper']
+    # The gripper command is below ALOHA's lower limit (0.6197 rad): one violation.
+    commands = {'left_waist': [(0.0, 0.1), (1.0, 0.4)], 'left_gripper': [(0.5, 0.02)]}
+    measured = {'left_waist': [(0.0, 0.0), (1.0, 0.3), (2.0, 0.25)]}
+    frames = [np.full((16, 24, 3), 40 * k, np.uint8) for k in range(REPORT_FRAMES)]
+    return names, commands, measured, frames
+
+
+def test_report_writes_plot_and_video(tmp_path):
+    names, commands, measured, frames = _report_records()
+    gif = report.write_media(tmp_path, names, commands, measured, frames, REPORT_WALL, 'gif')
+    assert gif == tmp_path / f'{report.VIDEO_STEM}.gif'
+    with PilImage.open(gif) as video:
+        assert video.n_frames == REPORT_FRAMES and video.size == (24, 16)
+    with PilImage.open(tmp_path / report.PLOT_FILE) as plot:
+        assert plot.format == 'PNG' and plot.width > 0
+    mp4 = report.write_video(tmp_path / 'clip.mp4', frames, fps=report.MIN_FPS)
+    assert mp4.exists() and (mp4.suffix == '.gif' or mp4.read_bytes()[4:8] == MP4_BOX)
+    (tmp_path / report.PLOT_FILE).unlink()
+    assert report.write_media(tmp_path, names, commands, measured, [], REPORT_WALL, 'gif') is None
+    assert (tmp_path / report.PLOT_FILE).exists()
+
+
+def test_report_summary_numbers_file_and_printout(tmp_path):
+    names, commands, measured, _ = _report_records()
+    adapter = load_adapter('aloha')
+    status = PolicyStatus(state_name='active: running', ticks=100, control_rate_achieved=49.5,
+                          control_rate_target=50.0, hold_ticks=3, clamped_commands=2,
+                          inference_failures=1)
+    policy = report.policy_summary(status, {'active': 7})
+    assert report.policy_summary(None, {})['final_state'] == 'no status received'
+    motion = report.joint_motion(names, measured)
+    assert motion == {'left_waist': pytest.approx(0.3)}
+    run = {'checkpoint': 'tiny random model', 'prompt': 'wave', 'clock': 'real time'}
+    topic = adapter.commands[0].topic
+    violations = report.limit_violations(adapter, commands)
+    assert violations == [('left_gripper', 0.02)]
+    summary = report.build_summary(
+        wall=REPORT_WALL, run=run, policy=policy, latencies=[0.1, 0.2, 0.3],
+        messages={topic: 100}, rate_topic=topic, violations=len(violations),
+        sim_stats={'steps': 10.0}, motion=motion, out=tmp_path, video=None)
+    assert list(summary)[:4] == ['duration_s', 'checkpoint', 'prompt', 'clock']
+    assert summary['commands'] == {'messages': {topic: 100}, 'rate_hz': 50.0,
+                                   'limit_violations': 1}
+    assert summary['inference']['latency_p50_ms'] == pytest.approx(200.0)
+    assert summary['policy']['ticks'] == 100 and summary['policy']['states_seen'] == {'active': 7}
+    assert summary['files']['video'] is None
+    path = report.write_summary(summary, tmp_path)
+    assert path == tmp_path / report.SUMMARY_FILE and json.loads(path.read_text()) == summary
+    printed = io.StringIO()
+    report.log_summary(summary, lambda line: print(line, file=printed))
+    text = printed.getvalue()
+    assert 'control ticks 100, achieved 49.5 Hz of 50 Hz; commands 50.0 msg/s' in text
+    assert 'latency p50 200 ms' in text and 'sim: 10 steps (nan Hz' in text
+    assert all(math.isnan(v) for v in report.percentiles_ms([]).values())

@@ -9,15 +9,14 @@ node in this process listens on the topics a real robot would. The demo waits un
 is active (autostart), enables it through ``~/enable``, runs for the duration, stops both
 processes with SIGINT, prints a summary and writes to the output folder ``summary.json``,
 ``joints.png`` (commanded vs measured joints over time), ``top_camera.mp4`` (or ``.gif``), the
-parameters used (``params.yaml``) and one log per node.
+parameters used (``params.yaml``) and one log per node; :mod:`pi0_policy.sim.report` writes the
+plot, video and summary.
 """
 
 import argparse
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-import json
-import math
 import os
 import pathlib
 import signal
@@ -35,6 +34,11 @@ import numpy as np
 from pi0_msgs.msg import ActionChunk, PolicyStatus
 from pi0_policy.ros import conversions
 from pi0_policy.ros.sim_node import DIAGNOSTIC_NAME, NODE_NAME as SIM_NODE_NAME
+from pi0_policy.sim import report
+# Re-exported: the report writers and their file names lived here before pi0_policy.sim.report.
+from pi0_policy.sim.report import (  # noqa: F401
+    DemoResult, LIMIT_TOLERANCE, limit_violations, PLOT_FILE, SUMMARY_FILE, VIDEO_FORMATS,
+    VIDEO_STEM, write_plot, write_video)
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
@@ -60,10 +64,6 @@ DEFAULT_STARTUP_TIMEOUT = 180.0  # seconds; loading a full pi0 checkpoint takes 
 PACKAGE = 'pi0_policy'
 RECORDER_NODE_NAME = 'pi0_sim_demo_recorder'
 ROS_PARAMETERS_KEY = 'ros__parameters'
-SUMMARY_FILE = 'summary.json'
-PLOT_FILE = 'joints.png'
-VIDEO_FORMATS = ('mp4', 'gif')
-VIDEO_STEM = 'top_camera'
 # Seconds to wait for a service answer, for a process to stop, between liveness checks.
 SERVICE_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
@@ -74,13 +74,6 @@ CLEAN_EXIT_CODES = (0, -signal.SIGINT)
 # Camera frames kept for the video (10 Hz x 60 s).
 MAX_FRAMES = 600
 ACTIVE_LABEL = 'active'
-# Commands may touch a limit exactly; anything beyond it by more than this counts (robot units).
-LIMIT_TOLERANCE = 1e-9
-MS = 1000.0
-PERCENTILES = (50.0, 99.0)
-PLOT_DPI = 100
-PLOT_COLUMN_INCHES = 6.0
-PLOT_ROW_INCHES = 1.9
 
 
 @dataclass(frozen=True)
@@ -111,19 +104,6 @@ class DemoOptions:
         if self.video_format not in VIDEO_FORMATS:
             raise ValueError(f'video_format {self.video_format!r} must be one of '
                              f'{list(VIDEO_FORMATS)}.')
-
-
-@dataclass
-class DemoResult:
-    """What a run produced: the summary and the raw records behind it."""
-
-    summary: dict[str, Any]
-    # Action name -> [(seconds since start, commanded value)], every commanded value.
-    commands: dict[str, list[tuple[float, float]]]
-    # Action name -> [(seconds since start, measured value)] (gripper: the gripper joint).
-    measured: dict[str, list[tuple[float, float]]]
-    # Commanded values outside the robot config's limits: (action name, value).
-    violations: list[tuple[str, float]]
 
 
 def find_params_file(name: str = PARAMS_FILE) -> pathlib.Path:
@@ -266,68 +246,6 @@ def call_service(client: Any, request: Any, what: str) -> Any:
     return future.result()
 
 
-def limit_violations(adapter: Any, commands: dict[str, list[tuple[float, float]]]
-                     ) -> list[tuple[str, float]]:
-    """Return every commanded (name, value) outside the adapter's [lower, upper]."""
-    bounds = dict(zip(adapter.action_names, zip(adapter.lower, adapter.upper)))
-    out = []
-    for name, samples in commands.items():
-        low, high = bounds.get(name, (-math.inf, math.inf))
-        out += [(name, value) for _, value in samples
-                if not low - LIMIT_TOLERANCE <= value <= high + LIMIT_TOLERANCE]
-    return out
-
-
-def _percentiles_ms(seconds: Sequence[float]) -> dict[str, float]:
-    if not seconds:
-        return {f'p{p:g}': math.nan for p in PERCENTILES}
-    return {f'p{p:g}': float(np.percentile(np.asarray(seconds) * MS, p)) for p in PERCENTILES}
-
-
-def write_plot(path: pathlib.Path, names: Sequence[str],
-               commands: dict[str, list[tuple[float, float]]],
-               measured: dict[str, list[tuple[float, float]]]) -> None:
-    """Plot commanded (dashed) vs measured (solid) position of every action over time."""
-    import matplotlib
-    matplotlib.use('Agg')
-    from matplotlib import pyplot
-    columns = 2
-    rows = math.ceil(len(names) / columns)
-    figure, axes = pyplot.subplots(rows, columns, sharex=True, squeeze=False,
-                                   figsize=(PLOT_COLUMN_INCHES * columns, PLOT_ROW_INCHES * rows))
-    for k, name in enumerate(names):
-        # Column per arm when the names split evenly (ALOHA: left 7, right 7).
-        ax = axes[k % rows, k // rows]
-        for data, style, label in ((measured.get(name), '-', 'measured'),
-                                   (commands.get(name), '--', 'commanded')):
-            if data:
-                t, v = np.asarray(data).T
-                ax.plot(t, v, style, label=label, linewidth=1.2)
-        ax.set_title(name, fontsize=9)
-        ax.tick_params(labelsize=8)
-        ax.grid(alpha=0.3)
-    for ax in axes[-1]:
-        ax.set_xlabel('time since start (s)')
-    axes[0, 0].legend(fontsize=8, loc='best')
-    figure.suptitle('pi0 on the simulated ALOHA: commanded vs measured (rad)')
-    figure.tight_layout()
-    figure.savefig(path, dpi=PLOT_DPI)
-    pyplot.close(figure)
-
-
-def write_video(path: pathlib.Path, frames: Sequence[np.ndarray], fps: float) -> pathlib.Path:
-    """Write ``frames`` ((H, W, 3) uint8 each) as MP4, or GIF when MP4 cannot be written."""
-    import imageio.v2 as imageio
-    if path.suffix == '.mp4':
-        try:
-            imageio.mimwrite(path, frames, fps=fps, macro_block_size=1)
-            return path
-        except (ImportError, OSError, RuntimeError, ValueError):
-            path = path.with_suffix('.gif')  # no ffmpeg here: fall back to a GIF
-    imageio.mimwrite(path, frames, duration=MS / fps, loop=0)
-    return path
-
-
 def _package_root() -> pathlib.Path:
     """Return the folder that holds the pi0_policy and embodiment_adapters packages."""
     return pathlib.Path(__file__).resolve().parents[2]
@@ -466,63 +384,21 @@ def run_demo(options: DemoOptions, *, log: Callable[[str], None] = print) -> Dem
 def _report(options: DemoOptions, adapter: Any, recorder: DemoRecorder, wall: float,
             log: Callable[[str], None]) -> DemoResult:
     """Summarise the records, write the output files and print the summary."""
-    sim_stats = recorder.sim_stats
     names = list(adapter.action_names)
     violations = limit_violations(adapter, recorder.commands)
-    motion = {n: float(np.ptp([v for _, v in recorder.measured[n]]))
-              for n in names if recorder.measured.get(n)}
-    status = recorder.status
-    first_topic = adapter.commands[0].topic
+    motion = report.joint_motion(names, recorder.measured)
     out = options.output_dir
-    write_plot(out / PLOT_FILE, names, recorder.commands, recorder.measured)
-    video = None
-    if recorder.frames:
-        fps = max(1.0, len(recorder.frames) / max(wall, 1e-9))
-        video = write_video(out / f'{VIDEO_STEM}.{options.video_format}', recorder.frames, fps)
-    summary = {
-        'duration_s': wall,
-        'checkpoint': options.checkpoint or 'tiny random model',
-        'prompt': options.prompt,
-        'clock': 'simulated (/clock)' if options.sim_time else 'real time',
-        'policy': {
-            'final_state': status.state_name if status else 'no status received',
-            'final_detail': status.detail if status else '',
-            'ticks': int(status.ticks) if status else 0,
-            'control_rate_achieved_hz': float(status.control_rate_achieved) if status else 0.0,
-            'control_rate_target_hz': float(status.control_rate_target) if status else 0.0,
-            'hold_ticks': int(status.hold_ticks) if status else 0,
-            'clamped_commands': int(status.clamped_commands) if status else 0,
-            'inference_failures': int(status.inference_failures) if status else 0,
-            'states_seen': dict(recorder.states_seen),
-        },
-        'inference': {'chunks': len(recorder.latencies),
-                      **{f'latency_{k}_ms': v
-                         for k, v in _percentiles_ms(recorder.latencies).items()}},
-        'commands': {'messages': dict(recorder.messages),
-                     'rate_hz': recorder.messages.get(first_topic, 0) / max(wall, 1e-9),
-                     'limit_violations': len(violations)},
-        'sim': sim_stats,
-        'max_joint_motion_rad': max(motion.values(), default=0.0),
-        'joint_motion': motion,
-        'files': {'summary': str(out / SUMMARY_FILE), 'plot': str(out / PLOT_FILE),
-                  'video': str(video) if video else None},
-    }
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=float) + '\n')
-    p, inf, cmd = summary['policy'], summary['inference'], summary['commands']
-    sim = defaultdict(lambda: math.nan, sim_stats)
-    log('pi0_sim_demo summary')
-    log(f"  ran {wall:.1f} s ({summary['clock']}), model: {summary['checkpoint']}")
-    log(f"  control ticks {p['ticks']}, achieved {p['control_rate_achieved_hz']:.1f} Hz of "
-        f"{p['control_rate_target_hz']:.0f} Hz; commands {cmd['rate_hz']:.1f} msg/s per arm")
-    log(f"  inference: {inf['chunks']} chunks, latency p50 {inf['latency_p50_ms']:.0f} ms, "
-        f"p99 {inf['latency_p99_ms']:.0f} ms, failures {p['inference_failures']}")
-    log(f"  safety: {p['clamped_commands']} commands clamped, {p['hold_ticks']} hold ticks, "
-        f"{cmd['limit_violations']} commands outside limits; final state: {p['final_state']}")
-    log(f"  sim: {sim['steps']:.0f} steps ({sim['step_rate_hz']:.1f} Hz, real-time factor "
-        f"{sim['real_time_factor']:.2f}), render {sim['render_ms_mean']:.1f} ms per image, "
-        f"{sim['lag_events']:.0f} lag events")
-    log(f"  joints moved up to {summary['max_joint_motion_rad']:.3f} rad")
-    log(f'  wrote {out / SUMMARY_FILE}, {out / PLOT_FILE}' + (f', {video}' if video else ''))
+    video = report.write_media(out, names, recorder.commands, recorder.measured,
+                               recorder.frames, wall, options.video_format)
+    run = {'checkpoint': options.checkpoint or 'tiny random model', 'prompt': options.prompt,
+           'clock': 'simulated (/clock)' if options.sim_time else 'real time'}
+    summary = report.build_summary(
+        wall=wall, run=run, policy=report.policy_summary(recorder.status, recorder.states_seen),
+        latencies=recorder.latencies, messages=recorder.messages,
+        rate_topic=adapter.commands[0].topic, violations=len(violations),
+        sim_stats=recorder.sim_stats, motion=motion, out=out, video=video)
+    report.write_summary(summary, out)
+    report.log_summary(summary, log)
     return DemoResult(summary, dict(recorder.commands), dict(recorder.measured), violations)
 
 

@@ -1,1 +1,1 @@
-"""Pure runtime of the policy: transforms, the Pi0Policy facade, chunk execution and safety (no rclpy)."""
+"""Pure runtime: transforms, the Pi0Policy facade, chunk execution and safety (no rclpy)."""

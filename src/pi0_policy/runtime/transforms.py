@@ -247,15 +247,18 @@ class NormStats:
         return int(self.mean.shape[0])
 
 
-def _mode_params(stats: NormStats, mode: NormMode, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return (offset, scale) over the first ``width`` dims: x_norm = (x - offset) / scale."""
+def _covered(x: np.ndarray, stats: NormStats, mode: NormMode
+             ) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+    """Return a float64 copy of x, the width W the stats cover and (offset, scale) over W dims."""
+    out = np.array(x, dtype=np.float64)  # (..., D); x_norm = (x - offset) / scale on [:W]
+    width = min(stats.width, out.shape[-1])
     if mode is NormMode.ZSCORE:
-        return stats.mean[:width], stats.std[:width] + NORM_EPS
+        return out, width, stats.mean[:width], stats.std[:width] + NORM_EPS
     if stats.q01 is None or stats.q99 is None:
         raise ValueError(
             'Quantile normalization needs q01 and q99 in norm_stats.json, which has only '
             'mean/std; use NormMode.ZSCORE (π0) or recompute the statistics with quantiles.')
-    return stats.q01[:width], stats.q99[:width] - stats.q01[:width] + NORM_EPS
+    return out, width, stats.q01[:width], stats.q99[:width] - stats.q01[:width] + NORM_EPS
 
 
 def normalize(x: np.ndarray, stats: NormStats, mode: NormMode = NormMode.ZSCORE) -> np.ndarray:
@@ -270,12 +273,10 @@ def normalize(x: np.ndarray, stats: NormStats, mode: NormMode = NormMode.ZSCORE)
         mode: normalization mode.
 
     Returns:
-        (..., D) float64.
+        (..., D) float64, normalized on the covered dims.
 
     """
-    out = np.array(x, dtype=np.float64)
-    width = min(stats.width, out.shape[-1])
-    offset, scale = _mode_params(stats, mode, width)
+    out, width, offset, scale = _covered(x, stats, mode)
     part = (out[..., :width] - offset) / scale
     out[..., :width] = part * 2.0 - 1.0 if mode is NormMode.QUANTILE else part
     return out
@@ -293,12 +294,10 @@ def unnormalize(x: np.ndarray, stats: NormStats, mode: NormMode = NormMode.ZSCOR
         mode: normalization mode.
 
     Returns:
-        (..., D) float64.
+        (..., D) float64, in the units of the statistics on the covered dims.
 
     """
-    out = np.array(x, dtype=np.float64)
-    width = min(stats.width, out.shape[-1])
-    offset, scale = _mode_params(stats, mode, width)
+    out, width, offset, scale = _covered(x, stats, mode)
     part = out[..., :width]
     if mode is NormMode.QUANTILE:
         part = (part + 1.0) / 2.0
