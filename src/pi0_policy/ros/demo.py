@@ -276,14 +276,15 @@ def start_node(module: str, params_file: pathlib.Path, log_path: pathlib.Path
     env = dict(os.environ, PYTHONUNBUFFERED='1')
     env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(_package_root()),
                                                       env.get('PYTHONPATH', '')]))
-    code = f'import sys; from {module} import main; sys.exit(main())'
+    # A shell started in the background ignores SIGINT and children inherit that: the child
+    # restores Python's handler first, so that SIGINT runs the node's clean shutdown. (Not a
+    # preexec_fn: running Python between fork and exec can deadlock a threaded parent.)
+    code = ('import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); '
+            f'from {module} import main; sys.exit(main())')
     with open(log_path, 'w') as log_file:
-        # A shell started in the background ignores SIGINT, and children inherit that; restore
-        # the default so that SIGINT runs the node's clean shutdown.
         return subprocess.Popen(
             [sys.executable, '-c', code, '--ros-args', '--params-file', str(params_file)],
-            stdout=log_file, stderr=subprocess.STDOUT, env=env,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+            stdout=log_file, stderr=subprocess.STDOUT, env=env)
 
 
 def stop_node(process: subprocess.Popen) -> int:

@@ -26,6 +26,7 @@ from pi0_msgs.msg import ActionChunk, PolicyStatus
 from pi0_msgs.srv import SetInstruction
 from pi0_policy.ros import conversions, diagnostics, params, visualization
 from pi0_policy.ros.commands import CommandRouter
+from pi0_policy.ros.control_loop import ControlLoop
 from pi0_policy.ros.diagnostics import NodeState
 from pi0_policy.ros.observation import (
     assemble_observation, check_message, input_specs, InputError, measured_command,
@@ -51,7 +52,7 @@ NODE_NAME = 'pi0_policy_node'
 DEPTH = 10  # queue depth of reliable topics
 RATE_WINDOW = 1.0  # seconds over which the achieved control rate is measured
 MS = 1000.0
-# Executor threads: control timer, inputs/services/reporting, lifecycle services.
+# Executor threads: inputs/services/reporting and lifecycle services (control has its own thread).
 EXECUTOR_THREADS = 3
 GIL_SWITCH_INTERVAL = 0.001  # seconds
 SHUTDOWN_LOGGER = f'{NODE_NAME}.shutdown'  # console-only logger used once ROS is shut down
@@ -151,9 +152,9 @@ class PolicyNode(LifecycleNode):
         self._worker = InferenceWorker(self._infer_once, self._on_inference_error,
                                        niceness=self._config.policy.inference_niceness)
         self._worker.start()
-        self._control_timer = self.create_timer(
-            self._executor.config.dt, self._on_control_tick,
-            callback_group=MutuallyExclusiveCallbackGroup())
+        self._control_timer = ControlLoop(self.get_clock(), self._executor.config.dt,
+                                          self._on_control_tick)
+        self._control_timer.start()
         self._set_state(NodeState.WAITING if self._enabled else NodeState.DISABLED, '')
         return super().on_activate(state)
 
@@ -188,7 +189,7 @@ class PolicyNode(LifecycleNode):
         with self._tick_lock:  # a tick in progress finishes first; later ticks see no timer
             timer, self._control_timer = self._control_timer, None
         if timer is not None:
-            self.destroy_timer(timer)
+            timer.stop()
         if self._worker is not None:
             self._worker.stop()  # joins the thread; waits for an inference in progress
             self._worker = None
