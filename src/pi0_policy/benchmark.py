@@ -2,32 +2,58 @@
 Latency and memory benchmark of π0 (``pi0-policy benchmark``).
 
 Builds the tiny or the full architecture with random weights (or loads ``--checkpoint``), then
-times, after one warm-up call, the median over ``--repeats`` of: vision + prefix embeddings, the
-prefix forward (KV cache), one denoising step, and a whole ``sample_actions`` call. Peak memory is
-the process's peak RSS on the CPU (``resource``) or ``torch.cuda.max_memory_allocated``.
+times, after ``--warmup`` untimed calls, the median over ``--repeats`` of: vision + prefix
+embeddings, the prefix forward (KV cache), one denoising step (from a prepared per-observation
+context, as inside ``sample_actions``), and a whole ``sample_actions`` call. Every stage is printed
+(and flushed) as soon as it is measured, so a slow machine still reports partial numbers.
+
+Defaults depend on the size: tiny runs 1 warm-up and 20 repeats; full runs no warm-up and 1 repeat
+(one full-size ``sample_actions`` takes seconds to minutes on a CPU). The full model is filled with
+``init_random(tiled=True)`` (fast, benchmark-only weights; see its docstring).
+
+Memory: on the CPU the process's peak RSS (``resource``) and the resident set after loading (after
+returning the construction's freed heap to the OS); on a GPU ``torch.cuda.max_memory_allocated``.
+The header prints the CPU capability and the compute policy (storage vs compute dtype; see
+``pi0_policy.model.compute``).
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+import ctypes
+import ctypes.util
 import dataclasses
+import functools
+import os
 import resource
 import statistics
+import sys
 import time
+from typing import TextIO
 
 from pi0_policy.model.checkpoint import load_pi0
+from pi0_policy.model.compute import COMPUTE_POLICIES, describe_compute, POLICY_AUTO
 from pi0_policy.model.config import Pi0Config
 from pi0_policy.model.pi0 import build_empty, init_random, Pi0Model
 import torch
 
 ARCHS = {'tiny': Pi0Config.tiny, 'full': Pi0Config.full}
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16}
+# Per-architecture defaults of (warm-up calls, timed repeats).
+DEFAULT_WARMUP = {'tiny': 1, 'full': 0}
+DEFAULT_REPEATS = {'tiny': 20, 'full': 1}
+# Architectures initialised with the fast tiled fill (benchmark-only weights).
+TILED_INIT_ARCHS = frozenset({'full'})
+DEFAULT_STEPS = 10
 # Valid prompt tokens in the synthetic observation (the rest is padding), as in the peer figures.
 PROMPT_TOKENS = 8
 BYTES_PER_KIB = 1024
 BYTES_PER_GB = 1e9
 MS_PER_S = 1e3
+STATM_PATH = '/proc/self/statm'
+LIBC_NAME = 'c'
+STAGES = ('vision', 'prefix', 'step', 'total')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +74,10 @@ class BenchmarkResult:
     peak_bytes: int
     # Number of parameters.
     num_params: int
+    # Resident memory right after loading (CPU RSS or CUDA allocated).
+    loaded_bytes: int = 0
+    # Storage/compute dtype and CPU capability line.
+    compute: str = ''
 
 
 def _sync(device: torch.device) -> None:
@@ -73,6 +103,34 @@ def peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * BYTES_PER_KIB
 
 
+def current_memory_bytes(device: torch.device) -> int:
+    """Return the memory in use now: CUDA allocated on a GPU, else this process's RSS."""
+    if device.type == 'cuda':
+        return torch.cuda.memory_allocated(device)
+    try:
+        with open(STATM_PATH) as f:
+            resident_pages = int(f.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+    return resident_pages * os.sysconf('SC_PAGE_SIZE')
+
+
+def release_free_memory() -> bool:
+    """
+    Return freed heap memory to the OS (glibc ``malloc_trim``), e.g. the construction buffers.
+
+    Returns:
+        Whether it ran (False without glibc).
+    """
+    path = ctypes.util.find_library(LIBC_NAME)
+    try:
+        trim = ctypes.CDLL(path).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return False
+    trim(0)
+    return True
+
+
 def make_inputs(config: Pi0Config, cameras: int, device: torch.device,
                 seed: int = 0) -> dict[str, torch.Tensor]:
     """Build one synthetic observation (B = 1) with ``cameras`` valid cameras."""
@@ -93,87 +151,119 @@ def make_inputs(config: Pi0Config, cameras: int, device: torch.device,
 
 
 def run_benchmark(arch: str = 'tiny', cameras: int = 1, dtype: str = 'bfloat16',
-                  device: str = 'cpu', steps: int = 10, repeats: int = 5,
-                  checkpoint: str | None = None,
-                  compile_step: bool = False) -> BenchmarkResult:
+                  device: str = 'cpu', steps: int = DEFAULT_STEPS, repeats: int | None = None,
+                  checkpoint: str | None = None, compile_step: bool = False, *,
+                  warmup: int | None = None, policy: str = POLICY_AUTO,
+                  log: TextIO | None = None) -> BenchmarkResult:
     """
     Build or load the model and measure it.
 
     Args:
         arch: 'tiny' or 'full' (ignored with a checkpoint).
         cameras: Number of (valid) cameras.
-        dtype: 'float32' or 'bfloat16'.
+        dtype: Storage dtype, 'float32' or 'bfloat16'.
         device: torch device string.
         steps: Denoising steps per sample_actions.
-        repeats: Timed repetitions after one warm-up.
+        repeats: Timed repetitions (default per arch: ``DEFAULT_REPEATS``).
         checkpoint: Optional checkpoint directory instead of random weights.
         compile_step: Compile the denoising step with torch.compile.
+        warmup: Untimed passes first (default per arch: ``DEFAULT_WARMUP``).
+        policy: Compute policy ('auto', 'storage', 'float32').
+        log: Stream for progress lines as each stage finishes (None: silent).
 
     Returns:
         The measurements.
 
     Raises:
-        ValueError: On an unknown arch or dtype or a non-positive count.
+        ValueError: On an unknown arch, dtype or policy or a bad count.
     """
-    if arch not in ARCHS or dtype not in DTYPES:
-        raise ValueError(f'arch must be one of {sorted(ARCHS)} and dtype one of {sorted(DTYPES)}'
-                         f', got arch={arch!r}, dtype={dtype!r}.')
-    if min(cameras, steps, repeats) <= 0:
-        raise ValueError(f'cameras, steps and repeats must be positive, got {cameras}, {steps}, '
-                         f'{repeats}.')
+    if arch not in ARCHS or dtype not in DTYPES or policy not in COMPUTE_POLICIES:
+        raise ValueError(
+            f'arch must be one of {sorted(ARCHS)}, dtype one of {sorted(DTYPES)} and policy one '
+            f'of {COMPUTE_POLICIES}, got arch={arch!r}, dtype={dtype!r}, policy={policy!r}.')
+    repeats = DEFAULT_REPEATS[arch] if repeats is None else repeats
+    warmup = DEFAULT_WARMUP[arch] if warmup is None else warmup
+    if min(cameras, steps, repeats) <= 0 or warmup < 0:
+        raise ValueError(f'cameras, steps and repeats must be positive and warmup >= 0, got '
+                         f'{cameras}, {steps}, {repeats}, {warmup}.')
+
+    def say(line: str) -> None:
+        if log is not None:
+            print(line, file=log, flush=True)
+
     dev = torch.device(device)
+    say(f'  compute               {describe_compute(DTYPES[dtype], dev, policy)}')
     if checkpoint:
         load_s, (model, config, _) = _timed(
             lambda: load_pi0(checkpoint, device=dev, dtype=DTYPES[dtype]), dev)
+        init = 'checkpoint'
     else:
         config = ARCHS[arch](num_cameras=cameras)
-        load_s, model = _timed(
-            lambda: init_random(build_empty(config, device=dev, dtype=DTYPES[dtype])), dev)
+        tiled = arch in TILED_INIT_ARCHS
+        init = 'random (tiled, benchmark-only)' if tiled else 'random'
+        load_s, model = _timed(lambda: init_random(
+            build_empty(config, device=dev, dtype=DTYPES[dtype]), tiled=tiled), dev)
+    model.set_compute_policy(policy)
+    release_free_memory()
+    loaded = current_memory_bytes(dev)
+    num_params = sum(p.numel() for p in model.parameters())
+    say(f'  parameters            {num_params / 1e9:.3f} B ({init})')
+    say(f'  construction + load   {load_s:.2f} s')
+    say(f'  resident after load   {loaded / BYTES_PER_GB:.2f} GB')
     inputs = make_inputs(config, cameras, dev)
-    times: dict[str, list[float]] = {'vision': [], 'prefix': [], 'step': [], 'total': []}
+    times: dict[str, list[float]] = {k: [] for k in STAGES}
     with torch.inference_mode():
-        for rep in range(repeats + 1):
-            record = rep > 0  # the first pass is the warm-up
-            t, prefix = _timed(lambda: model.embed_prefix(
-                inputs['images'], inputs['image_masks'], inputs['tokens'],
-                inputs['token_masks']), dev)
-            times['vision'] += [t] * record
-            t, cache = _timed(lambda: model.run_prefix(*prefix), dev)
-            times['prefix'] += [t] * record
-            time_t = torch.ones(1, device=dev)
-            t, _ = _timed(lambda: _step(model, cache, inputs, time_t, compile_step), dev)
-            times['step'] += [t] * record
-            t, _ = _timed(lambda: model.sample_actions(
-                inputs['images'], inputs['image_masks'], inputs['tokens'],
-                inputs['token_masks'], inputs['state'], noise=inputs['noise'], num_steps=steps,
-                compile=compile_step), dev)
-            times['total'] += [t] * record
+        for rep in range(warmup + repeats):
+            record = rep >= warmup
+            tag = f'[{"run " + str(rep - warmup + 1) if record else "warm-up"}]'
+            for name, seconds in _one_pass(model, inputs, steps, compile_step, dev):
+                times[name] += [seconds] * record
+                say(f'  {tag:<9} {name:<11} {seconds * MS_PER_S:.1f} ms')
     med = {k: statistics.median(v) for k, v in times.items()}
     return BenchmarkResult(load_s=load_s, vision_s=med['vision'], prefix_s=med['prefix'],
                            step_s=med['step'], total_s=med['total'],
-                           peak_bytes=peak_memory_bytes(dev),
-                           num_params=sum(p.numel() for p in model.parameters()))
+                           peak_bytes=peak_memory_bytes(dev), num_params=num_params,
+                           loaded_bytes=loaded,
+                           compute=describe_compute(DTYPES[dtype], dev, policy))
 
 
-def _step(model: Pi0Model, cache: object, inputs: dict[str, torch.Tensor], t: torch.Tensor,
-          compile_step: bool) -> torch.Tensor:
-    """Run one denoising step (compiled if requested)."""
+def _one_pass(model: Pi0Model, inputs: dict[str, torch.Tensor], steps: int, compile_step: bool,
+              dev: torch.device) -> Iterator[tuple[str, float]]:
+    """Yield (stage, seconds) for vision, prefix, one step and a whole sample_actions."""
+    images, masks = inputs['images'], inputs['image_masks']
+    tokens, token_masks = inputs['tokens'], inputs['token_masks']
+    t, prefix = _timed(functools.partial(model.embed_prefix, images, masks, tokens, token_masks),
+                       dev)
+    yield 'vision', t
+    t, cache = _timed(functools.partial(model.run_prefix, *prefix), dev)
+    yield 'prefix', t
+    ctx = model.prepare_denoise(cache, inputs['state'])
+    del prefix, cache  # drop this pass's activations before the next measurements
+    time_emb = model.time_embeddings(torch.ones(1, device=dev))
     step = model._step_fn(compile_step)
-    return step(cache, inputs['state'], inputs['noise'], t)
+    t, _ = _timed(functools.partial(step, ctx, inputs['noise'], time_emb), dev)
+    del ctx
+    yield 'step', t
+    t, _ = _timed(functools.partial(
+        model.sample_actions, images, masks, tokens, token_masks, inputs['state'],
+        noise=inputs['noise'], num_steps=steps, compile=compile_step), dev)
+    yield 'total', t
 
 
 def format_result(result: BenchmarkResult, args: argparse.Namespace) -> str:
     """Return a human-readable report."""
     return '\n'.join([
-        f'pi0 benchmark: arch={args.arch} cameras={args.cameras} dtype={args.dtype} '
+        f'pi0 benchmark summary: arch={args.arch} cameras={args.cameras} dtype={args.dtype} '
         f'device={args.device} steps={args.steps} repeats={args.repeats} '
         f'threads={torch.get_num_threads()}',
+        f'  compute               {result.compute}',
         f'  parameters            {result.num_params / 1e9:.3f} B',
         f'  construction + load   {result.load_s:.2f} s',
         f'  vision + embeddings   {result.vision_s * MS_PER_S:.1f} ms',
         f'  prefix forward        {result.prefix_s * MS_PER_S:.1f} ms',
         f'  one denoising step    {result.step_s * MS_PER_S:.1f} ms',
         f'  sample_actions total  {result.total_s * MS_PER_S:.1f} ms',
+        f'  resident after load   {result.loaded_bytes / BYTES_PER_GB:.2f} GB',
         f'  peak memory           {result.peak_bytes / BYTES_PER_GB:.2f} GB',
     ])
 
@@ -182,20 +272,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the benchmark options to ``parser``."""
     parser.add_argument('--arch', choices=sorted(ARCHS), default='tiny')
     parser.add_argument('--cameras', type=int, default=1)
-    parser.add_argument('--dtype', choices=sorted(DTYPES), default='bfloat16')
+    parser.add_argument('--dtype', choices=sorted(DTYPES), default='bfloat16',
+                        help='storage dtype of the transformer weights')
+    parser.add_argument('--policy', choices=COMPUTE_POLICIES, default=POLICY_AUTO,
+                        help='compute policy for bfloat16 storage (auto: float32 matmuls on '
+                             'CPUs without native bfloat16)')
     parser.add_argument('--device', default='cpu')
-    parser.add_argument('--steps', type=int, default=10)
-    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--steps', type=int, default=DEFAULT_STEPS)
+    parser.add_argument('--repeats', type=int, default=None,
+                        help=f'timed repeats (default {DEFAULT_REPEATS})')
+    parser.add_argument('--warmup', type=int, default=None,
+                        help=f'untimed warm-up passes (default {DEFAULT_WARMUP})')
     parser.add_argument('--checkpoint', default=None, help='checkpoint dir instead of random')
     parser.add_argument('--compile', action='store_true', help='torch.compile the step')
     parser.add_argument('--threads', type=int, default=None, help='torch intra-op threads')
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    """Run the benchmark from parsed arguments and print the report; return 0."""
+    """Run the benchmark from parsed arguments, printing stages as they finish; return 0."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.repeats = DEFAULT_REPEATS[args.arch] if args.repeats is None else args.repeats
+    print(f'pi0 benchmark: arch={args.arch} cameras={args.cameras} dtype={args.dtype} '
+          f'device={args.device} steps={args.steps} threads={torch.get_num_threads()}',
+          flush=True)
     result = run_benchmark(args.arch, args.cameras, args.dtype, args.device, args.steps,
-                           args.repeats, args.checkpoint, args.compile)
-    print(format_result(result, args))
+                           args.repeats, args.checkpoint, args.compile, warmup=args.warmup,
+                           policy=args.policy, log=sys.stdout)
+    print(format_result(result, args), flush=True)
     return 0

@@ -7,9 +7,12 @@ only as ``paligemma_with_expert.paligemma.lm_head.weight``), ``<dir>/config.json
 ``<dir>/assets/<asset_id>/norm_stats.json``. LeRobot layout: the same keys prefixed with ``model.``
 (both ``embed_tokens`` and ``lm_head`` present). The layout is detected from the key names.
 
-The module is built on the meta device and every tensor is read alone (``safe_open``), cast to
-its policy dtype on the target device and assigned, so two copies of the model never exist. The
-unused LM heads are skipped without being read. Only safetensors are read; never pickle.
+The module is built on the meta device, then allocated (uninitialised, with the fused q/k/v and
+gate/up storage of ``Pi0Model.fuse_weights``) on the target device, and every tensor is copied in
+from the file in row chunks of at most ``LOAD_CHUNK_ELEMENTS`` (``safe_open`` slices), cast to its
+policy dtype on the way, so two copies of the model never exist and the transient memory is one
+chunk. The unused LM heads are skipped without being read. Only safetensors are read; never
+pickle.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from pi0_policy.model.pi0 import check_dtype, Pi0Model
 from safetensors import safe_open
 from safetensors.torch import save_file
 import torch
-from torch import nn
 
 WEIGHTS_FILE = 'model.safetensors'
 CONFIG_FILE = 'config.json'
@@ -50,6 +52,8 @@ EMBED_KEY = 'vlm.embed_tokens.weight'
 IGNORED_KEYS = frozenset({'paligemma_with_expert.gemma_expert.lm_head.weight', VLM_LM_HEAD})
 # Non-weight buffers HF may serialise.
 IGNORED_PATTERNS = (re.compile(r'.*\.position_ids$'),)
+# Largest slice read from the file at once while loading (elements).
+LOAD_CHUNK_ELEMENTS = 1 << 24
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +169,8 @@ def save_pi0(model: Pi0Model, path: str | pathlib.Path, layout: str = LAYOUT_OPE
         if layout == LAYOUT_LEROBOT:
             key = LEROBOT_PREFIX + (key if name != EMBED_KEY else
                                     PREFIX_MAP[2][0] + name[len(PREFIX_MAP[2][1]):])
-        tensors[key] = param.detach().contiguous().cpu()
+        # clone: fused parameters share storage, which safetensors refuses to save.
+        tensors[key] = param.detach().cpu().clone()
     save_file(tensors, str(root / WEIGHTS_FILE))
     (root / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(model.config), indent=2))
 
@@ -229,17 +234,27 @@ def load_pi0(path: str | pathlib.Path, device: torch.device | str = 'cpu',
                 raise ValueError(
                     f'{by_name[name]} has shape {shapes[name]} but the architecture '
                     f'({source}) expects {tuple(param.shape)}; fix config.json or pass config.')
-        for name, param in params.items():
-            tensor = f.get_tensor(by_name[name]).to(device=device, dtype=param.dtype)
-            owner_path, _, attr = name.rpartition('.')
-            owner = model.get_submodule(owner_path)
-            owner._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
-            del tensor
+        model = model.to_empty(device=device).requires_grad_(False)
+        model.fuse_weights(copy=False)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                _read_into(f, by_name[name], param)
     info = CheckpointInfo(layout=layout, weights_path=file, config_source=source,
                           ignored_keys=tuple(sorted(ignored)),
                           norm_stats_paths=tuple(sorted(root.glob(
                               f'{ASSETS_DIR}/*/{NORM_STATS_FILE}'))))
     return model.eval(), config, info
+
+
+def _read_into(f: Any, key: str, param: torch.Tensor) -> None:
+    """Copy file tensor ``key`` into ``param`` (casting), in row chunks."""
+    if param.dim() == 0 or param.numel() <= LOAD_CHUNK_ELEMENTS:
+        param.copy_(f.get_tensor(key))
+        return
+    file_slice = f.get_slice(key)
+    rows = max(1, LOAD_CHUNK_ELEMENTS // param[0].numel())
+    for start in range(0, param.shape[0], rows):
+        param[start:start + rows].copy_(file_slice[start:start + rows])
 
 
 def _resolve_config(root: pathlib.Path, config: Pi0Config | None,

@@ -7,13 +7,24 @@ network predicts ``u = noise - actions``; sampling integrates ``x <- x + dt*v`` 
 expert and its per-layer K/V are cached; every denoising step runs only the action expert over the
 suffix (state token + H action tokens) against that cache, which is never modified.
 
-dtype policy (``Pi0Model.set_dtype``): in bfloat16 mode every matmul weight is bfloat16 except the
-parameters listed by ``float32_param_names``, which stay float32: all norm weights (Gemma RMSNorm,
-SigLIP LayerNorm; their math is float32 too), the SigLIP patch convolution and positional
-embedding, and the five π0 head linears (state_proj, action_in_proj, action_time_mlp_in/out,
-action_out_proj). So the time embedding, the action/time MLP, the output velocity and the Euler
-integration are float32; RoPE rotation is float32 (cast back); attention softmax accumulates in
-float32 inside scaled_dot_product_attention.
+dtype policy (``Pi0Model.set_dtype``): in bfloat16 mode every matmul weight is stored bfloat16
+except the parameters listed by ``float32_param_names``, which stay float32: all norm weights
+(Gemma RMSNorm, SigLIP LayerNorm; their math is float32 too), the SigLIP patch convolution and
+positional embedding, and the five π0 head linears (state_proj, action_in_proj,
+action_time_mlp_in/out, action_out_proj). So the time embedding, the action/time MLP, the output
+velocity and the Euler integration are float32; RoPE rotation is float32 (cast back); attention
+softmax accumulates in float32 inside scaled_dot_product_attention.
+
+Compute policy (``Pi0Model.compute_policy``, see ``pi0_policy.model.compute``): bfloat16 storage
+computes in bfloat16 on CUDA and on CPUs with native bfloat16 (AMX-BF16, AVX512-BF16, aarch64
+BF16), and in float32 on other CPUs (policy 'auto'), where emulated bfloat16 matmuls are several
+times slower than float32; the weights then stay resident in bfloat16 and are upcast per matmul.
+
+Inference fast path (no autograd): per observation the prefix K/V cache, the suffix RoPE tables,
+attention mask, state token and all flow-time embeddings are computed once
+(``prepare_denoise``); each denoising step then runs only the action-time MLP and the action
+expert with fused q/k/v and gate/up matmuls. In float32 it is bit-identical to the autograd path
+(up to the MLP token blocking of long prefixes, see ``gemma.MLP_BLOCK_ELEMENTS``).
 
 Shape letters: B batch, C cameras, P tokens per camera, L prompt tokens, H horizon, A action dim.
 """
@@ -24,9 +35,11 @@ from collections.abc import Callable, Sequence
 import dataclasses
 import math
 
+from pi0_policy.model.compute import check_policy, Linear, POLICY_AUTO, resolve_compute_dtype
 from pi0_policy.model.config import Pi0Config, TIME_MAX_PERIOD, TIME_MIN_PERIOD
-from pi0_policy.model.gemma import GemmaStack, joint_forward, KVCache, prefix_lm_allowed
-from pi0_policy.model.gemma import RMSNorm
+from pi0_policy.model.gemma import _folded_bias, GemmaStack, joint_forward, KVCache
+from pi0_policy.model.gemma import kv_scratch, LayerWeights, prefix_lm_allowed, prepare_layers
+from pi0_policy.model.gemma import rms_norm, RMSNorm, rope_tables, stack_forward
 from pi0_policy.model.siglip import LayerNorm32, SiglipEmbeddings, SiglipVisionTower
 import torch
 from torch import nn
@@ -41,6 +54,9 @@ TIME_OFFSET = 0.001
 HEAD_LINEARS = ('state_proj', 'action_in_proj', 'action_time_mlp_in', 'action_time_mlp_out',
                 'action_out_proj')
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
+# Benchmark-only initialisation (``init_random(tiled=True)``): length of the one random normal
+# buffer that is tiled over every matrix (a prime, so tiles do not line up with rows).
+TILED_INIT_BUFFER = 1_048_573
 
 
 def lerobot_time_grid(num_steps: int) -> list[float]:
@@ -90,6 +106,33 @@ class PrefixCache:
     valid: torch.Tensor
 
 
+@dataclasses.dataclass(frozen=True)
+class DenoiseContext:
+    """Everything a denoising step needs that does not depend on x_t or t (one observation)."""
+
+    # The read-only prefix cache.
+    cache: PrefixCache
+    # (B, 1, D_expert) float32 state token.
+    state_token: torch.Tensor
+    # (B, 1 + H) RoPE positions of the suffix.
+    positions: torch.Tensor
+    # (B, 1 + H, S + 1 + H) bool attention mask of the suffix.
+    allowed: torch.Tensor
+    # (B, 1 + H, 1, E) RoPE tables (``gemma.rope_tables``).
+    cos: torch.Tensor
+    signed_sin: torch.Tensor
+    # (B, 1, (1 + H) * G, S + 1 + H) additive mask in the compute dtype.
+    bias: torch.Tensor
+    # Fused action-expert weights, or None (autograd enabled / unfusable: ``joint_forward``).
+    layers: tuple[LayerWeights, ...] | None
+    # (D_expert,) float32 ``1 + w`` of the expert's final norm.
+    final_scale: torch.Tensor
+    # Per layer (k, v) work buffers (B, K, S + 1 + H, E): a copy of the prefix cache followed by
+    # the suffix positions each step overwrites (so a context is not thread-safe); None with
+    # ``layers`` None.
+    scratch: KVCache | None = None
+
+
 class Pi0Model(nn.Module):
     """π0: SigLIP + projector, Gemma VLM and action expert with joint attention, head linears."""
 
@@ -99,14 +142,15 @@ class Pi0Model(nn.Module):
         self.config = config
         ex = config.expert.width
         self.vision = SiglipVisionTower(config.vision)
-        self.projector = nn.Linear(config.vision.width, config.vlm.width)
+        self.projector = Linear(config.vision.width, config.vlm.width)
         self.vlm = GemmaStack(config.vlm)
         self.expert = GemmaStack(config.expert)
-        self.state_proj = nn.Linear(config.state_dim, ex)
-        self.action_in_proj = nn.Linear(config.action_dim, ex)
-        self.action_time_mlp_in = nn.Linear(2 * ex, ex)
-        self.action_time_mlp_out = nn.Linear(ex, ex)
-        self.action_out_proj = nn.Linear(ex, config.action_dim)
+        self.state_proj = Linear(config.state_dim, ex)
+        self.action_in_proj = Linear(config.action_dim, ex)
+        self.action_time_mlp_in = Linear(2 * ex, ex)
+        self.action_time_mlp_out = Linear(ex, ex)
+        self.action_out_proj = Linear(ex, config.action_dim)
+        self.compute_policy = POLICY_AUTO
         self._compiled_step = None
 
     # ----------------------------------------------------------------------------- dtype policy
@@ -144,12 +188,52 @@ class Pi0Model(nn.Module):
                 owner, attr = _owner(self, name)
                 owner._parameters[attr] = nn.Parameter(param.detach().to(target),
                                                        requires_grad=param.requires_grad)
+        self.fuse_weights()
+        return self
+
+    def set_compute_policy(self, policy: str) -> Pi0Model:
+        """
+        Choose the compute dtype rule for bfloat16 storage (see ``pi0_policy.model.compute``).
+
+        Args:
+            policy: 'auto' (float32 on CPUs without native bfloat16), 'storage' or 'float32'.
+
+        Returns:
+            self.
+
+        Raises:
+            ValueError: On an unknown policy.
+        """
+        check_policy(policy)
+        self.compute_policy = policy
         return self
 
     @property
-    def compute_dtype(self) -> torch.dtype:
-        """Return the dtype of the transformer activations."""
+    def storage_dtype(self) -> torch.dtype:
+        """Return the storage dtype of the transformer weights."""
         return self.vlm.layers[0].self_attn.q_proj.weight.dtype
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """Return the dtype of the transformer activations and matmuls (compute policy)."""
+        weight = self.vlm.layers[0].self_attn.q_proj.weight
+        return resolve_compute_dtype(weight.dtype, weight.device, self.compute_policy)
+
+    def fuse_weights(self, copy: bool = True) -> bool:
+        """
+        Store every q/k/v and gate/up group as one tensor (parameters become views of it).
+
+        Idempotent and cheap when already fused; called by ``build_empty``, ``set_dtype`` and
+        the loaders, and re-done automatically by inference after ``Module.to`` and the like.
+
+        Args:
+            copy: Keep the current values (False: only allocate, for uninitialised models).
+
+        Returns:
+            Whether every group could be fused (False on the meta device).
+        """
+        return all([self.vision.fuse_weights(copy), self.vlm.fuse_weights(copy),
+                    self.expert.fuse_weights(copy)])
 
     # ------------------------------------------------------------------------------- embeddings
     def embed_images(self, images: torch.Tensor,
@@ -172,14 +256,15 @@ class Pi0Model(nn.Module):
                 'resize with padding to the model image size first.')
         b, c = images.shape[:2]
         flat = images.reshape(b * c, 3, size, size)
+        dtype = self.compute_dtype
         if image_masks is None or bool(image_masks.all()):
-            tokens = self.projector(self.vision(flat))
+            tokens = self.projector(self.vision(flat, dtype))
         else:
             index = image_masks.reshape(-1).nonzero().squeeze(1)
             tokens = torch.zeros(b * c, self.config.tokens_per_camera, self.config.vlm.width,
-                                 dtype=self.compute_dtype, device=images.device)
+                                 dtype=dtype, device=images.device)
             if index.numel():
-                tokens[index] = self.projector(self.vision(flat[index]))
+                tokens[index] = self.projector(self.vision(flat[index], dtype))
         return tokens.reshape(b, c, self.config.tokens_per_camera, self.config.vlm.width)
 
     def embed_prefix(self, images: torch.Tensor, image_masks: torch.Tensor,
@@ -264,14 +349,93 @@ class Pi0Model(nn.Module):
         # All prefix tokens attend to each other (ar = 0); only validity restricts them.
         allowed = None if bool(valid.all()) else prefix_lm_allowed(
             torch.zeros_like(positions), valid)
-        _, kv = joint_forward([self.vlm, self.expert], [emb, None], positions, allowed,
-                              build_cache=True, need_output=[False, False])
+        layers = None if torch.is_grad_enabled() else prepare_layers(self.vlm)
+        if layers is None:
+            _, kv = joint_forward([self.vlm, self.expert], [emb, None], positions, allowed,
+                                  build_cache=True, need_output=[False, False])
+        else:
+            cfg = self.config.vlm
+            cos, signed_sin = rope_tables(positions, cfg.head_dim)
+            bias = _folded_bias(allowed, cfg.num_heads // cfg.num_kv_heads, emb.dtype)
+            _, kv = stack_forward(cfg, layers, emb, cos, signed_sin, bias, build_cache=True,
+                                  need_output=False)
         return PrefixCache(kv=kv, valid=valid)
+
+    def prepare_denoise(self, cache: PrefixCache, state: torch.Tensor) -> DenoiseContext:
+        """
+        Compute once per observation what every denoising step shares.
+
+        Args:
+            cache: From ``build_prefix_cache`` (not modified).
+            state: (B, state_dim).
+
+        Returns:
+            The context for ``denoise``.
+        """
+        cfg = self.config.expert
+        b = state.shape[0]
+        t_s = 1 + self.config.action_horizon
+        device = state.device
+        n_valid = cache.valid.sum(1, dtype=torch.int64)  # (B,)
+        positions = n_valid[:, None] + torch.arange(t_s, device=device)[None]
+        suffix_valid = torch.ones(b, t_s, dtype=torch.bool, device=device)
+        allowed = torch.cat([cache.valid[:, None, :].expand(b, t_s, cache.valid.shape[1]),
+                             prefix_lm_allowed(self._suffix_ar(device), suffix_valid)], dim=2)
+        cos, signed_sin = rope_tables(positions, cfg.head_dim)
+        layers = None if torch.is_grad_enabled() else prepare_layers(self.expert)
+        scratch = None if layers is None else kv_scratch(cache.kv, t_s)
+        return DenoiseContext(
+            cache=cache, state_token=self.state_proj(state.float())[:, None],
+            positions=positions, allowed=allowed, cos=cos, signed_sin=signed_sin,
+            bias=_folded_bias(allowed, cfg.num_heads // cfg.num_kv_heads, self.compute_dtype),
+            layers=layers, final_scale=self.expert.norm.scale(), scratch=scratch)
+
+    def time_embeddings(self, times: torch.Tensor) -> torch.Tensor:
+        """
+        Embed flow times for ``denoise`` (any leading shape).
+
+        Args:
+            times: (...,) flow times.
+
+        Returns:
+            (..., D_expert) float32.
+        """
+        flat = time_embedding(times.reshape(-1), self.config.expert.width)
+        return flat.reshape(*times.shape, -1)
+
+    def denoise(self, ctx: DenoiseContext, x_t: torch.Tensor,
+                time_emb: torch.Tensor) -> torch.Tensor:
+        """
+        Predict the velocity at (x_t, t) from a prepared context (one denoising step).
+
+        Args:
+            ctx: From ``prepare_denoise``.
+            x_t: (B, H, A) noisy actions.
+            time_emb: (B, D_expert) float32 from ``time_embeddings``.
+
+        Returns:
+            (B, H, A) float32 velocity.
+        """
+        act = _apply(self.action_in_proj, x_t.float())
+        fused = torch.cat([act, time_emb[:, None].expand_as(act)], dim=-1)
+        act = _apply(self.action_time_mlp_out, F.silu(_apply(self.action_time_mlp_in, fused)))
+        suffix = torch.cat([ctx.state_token, act], 1).to(self.compute_dtype)
+        horizon = self.config.action_horizon
+        if ctx.layers is None:
+            outs, _ = joint_forward([self.vlm, self.expert], [None, suffix], ctx.positions,
+                                    ctx.allowed, cache=ctx.cache.kv)
+            return self.action_out_proj(outs[1][:, -horizon:].float())
+        hidden, _ = stack_forward(self.config.expert, ctx.layers, suffix, ctx.cos,
+                                  ctx.signed_sin, ctx.bias, scratch=ctx.scratch)
+        return _apply(self.action_out_proj,
+                      rms_norm(hidden[:, -horizon:], ctx.final_scale).float())
 
     def denoise_step(self, cache: PrefixCache, state: torch.Tensor, x_t: torch.Tensor,
                      time: torch.Tensor) -> torch.Tensor:
         """
         Predict the velocity at (x_t, t) with the action expert against the prefix cache.
+
+        Convenience for one step; ``sample_actions`` prepares the context once instead.
 
         Args:
             cache: From ``build_prefix_cache`` (not modified).
@@ -282,18 +446,8 @@ class Pi0Model(nn.Module):
         Returns:
             (B, H, A) float32 velocity.
         """
-        suffix = self.embed_suffix(state, x_t, time)
-        b, t_s, _ = suffix.shape
-        n_valid = cache.valid.sum(1, dtype=torch.int64)  # (B,)
-        positions = n_valid[:, None] + torch.arange(t_s, device=suffix.device)[None]
-        suffix_valid = torch.ones(b, t_s, dtype=torch.bool, device=suffix.device)
-        allowed = torch.cat([cache.valid[:, None, :].expand(b, t_s, cache.valid.shape[1]),
-                             prefix_lm_allowed(self._suffix_ar(suffix.device), suffix_valid)],
-                            dim=2)
-        outs, _ = joint_forward([self.vlm, self.expert], [None, suffix], positions, allowed,
-                                cache=cache.kv)
-        horizon = self.config.action_horizon
-        return self.action_out_proj(outs[1][:, -horizon:].float())
+        ctx = self.prepare_denoise(cache, state)
+        return self.denoise(ctx, x_t, self.time_embeddings(time))
 
     def velocity(self, images: torch.Tensor, image_masks: torch.Tensor, tokens: torch.Tensor,
                  token_masks: torch.Tensor, state: torch.Tensor, x_t: torch.Tensor,
@@ -361,11 +515,13 @@ class Pi0Model(nn.Module):
             self._check_suffix(state, noise, b)
             step = self._step_fn(compile)
             cache = self.build_prefix_cache(images, image_masks, tokens, token_masks)
+            ctx = self.prepare_denoise(cache, state)
+            times = torch.tensor(grid, dtype=torch.float32, device=noise.device)
+            time_emb = self.time_embeddings(times[:, None].expand(num_steps, b))  # (K, B, D)
             dt = -1.0 / num_steps
             x = noise.float()
-            for t_k in grid:
-                time = torch.full((b,), t_k, dtype=torch.float32, device=x.device)
-                x = x + dt * step(cache, state, x, time)
+            for k in range(num_steps):
+                x = x + dt * step(ctx, x, time_emb[k])
             return x
 
     def compute_loss(self, images: torch.Tensor, image_masks: torch.Tensor,
@@ -419,9 +575,9 @@ class Pi0Model(nn.Module):
     def _step_fn(self, use_compile: bool) -> Callable[..., torch.Tensor]:
         """Return the (optionally compiled) denoising step."""
         if not use_compile:
-            return self.denoise_step
+            return self.denoise
         if self._compiled_step is None:
-            self._compiled_step = torch.compile(self.denoise_step, dynamic=False)
+            self._compiled_step = torch.compile(self.denoise, dynamic=False)
         return self._compiled_step
 
     def _check_prefix(self, images: torch.Tensor, image_masks: torch.Tensor,
@@ -497,34 +653,64 @@ def build_empty(config: Pi0Config, *, device: torch.device | str = 'cpu',
     with torch.device('meta'):
         model = Pi0Model(config)
     model.set_dtype(dtype)
-    return model.to_empty(device=device).eval().requires_grad_(False)
+    model = model.to_empty(device=device).eval().requires_grad_(False)
+    model.fuse_weights(copy=False)
+    return model
 
 
 @torch.no_grad()
-def init_random(model: Pi0Model, seed: int = 0) -> Pi0Model:
+def init_random(model: Pi0Model, seed: int = 0, *, tiled: bool = False) -> Pi0Model:
     """
     Fill the parameters in place with random values (in their storage dtype, no copies).
 
     Matrices get N(0, 1/fan_in), biases and Gemma norm scales 0, LayerNorm weights 1.
 
+    ``tiled=True`` is for benchmarks of big models only: one buffer of 2 * ``TILED_INIT_BUFFER``
+    N(0, 1) draws is made, scaled by 1/sqrt(fan_in) and cast once per (storage dtype, fan_in),
+    and every matrix is filled by copying that buffer from a seeded random offset, tile after
+    tile. Same per-element distribution and still deterministic per seed, but the values repeat
+    with period ``TILED_INIT_BUFFER``, so this is not an i.i.d. initialisation; it is many times
+    faster (memory-bound copies instead of random number generation).
+
     Args:
         model: A materialised model (for example from ``build_empty``).
         seed: RNG seed.
+        tiled: Use the fast periodic fill (benchmarks).
 
     Returns:
         The same model.
     """
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     layer_norms = {f'{n}.weight' for n, m in model.named_modules() if isinstance(m, nn.LayerNorm)}
+    normal: torch.Tensor | None = None
+    tiles: dict[tuple[torch.dtype, int], torch.Tensor] = {}
     for name, param in model.named_parameters():
+        fan_in = math.prod(param.shape[1:])
         if name in layer_norms:
             param.fill_(1.0)
         elif param.dim() == 1:
             param.zero_()
+        elif tiled:
+            if normal is None:
+                normal = torch.randn(2 * TILED_INIT_BUFFER, generator=gen, device=param.device)
+            key = (param.dtype, fan_in)
+            if key not in tiles:  # one pre-scaled buffer per (dtype, fan_in): fills are copies
+                tiles[key] = (normal * fan_in ** -0.5).to(param.dtype)
+            _fill_tiled(param, tiles[key], gen)
         else:
-            fan_in = math.prod(param.shape[1:])
             param.normal_(0.0, fan_in ** -0.5, generator=gen)
     return model
+
+
+def _fill_tiled(param: torch.Tensor, buffer: torch.Tensor, gen: torch.Generator) -> None:
+    """Copy ``buffer[offset:offset + TILED_INIT_BUFFER]`` over ``param`` tile by tile."""
+    flat = param.view(-1)
+    offset = int(torch.randint(TILED_INIT_BUFFER, (1,), generator=gen,
+                               device=gen.device).item())
+    tile = buffer[offset:offset + TILED_INIT_BUFFER]
+    for start in range(0, flat.numel(), TILED_INIT_BUFFER):
+        part = flat[start:start + TILED_INIT_BUFFER]
+        part.copy_(tile[:part.numel()])
 
 
 def _drop_invalid_tokens(
@@ -551,6 +737,11 @@ def _drop_invalid_tokens(
     extra = positions.shape[1] - valid.shape[1]
     keep_pos = torch.cat([keep, keep.new_ones(extra)])
     return emb[:, keep], valid[:, keep], positions[:, keep_pos]
+
+
+def _apply(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """Apply a float32 head linear without the module-call overhead (same kernel)."""
+    return F.linear(x, layer.weight, layer.bias)
 
 
 def _as_time(time: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:

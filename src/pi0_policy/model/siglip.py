@@ -4,13 +4,15 @@ SigLIP vision tower (ViT without pooling) as used by PaliGemma / π0.
 Pre-LayerNorm blocks with biased multi-head self-attention and a tanh-GELU MLP, a final LayerNorm;
 no mask, no pooling (spec §1.2). The patch convolution and the positional embedding run in float32
 (their parameters stay float32 in every dtype mode); LayerNorm math is float32; the encoder matmuls
-run in the model's compute dtype.
+run in the model's compute dtype. Without autograd the q/k/v projections run as one fused matmul
+(``compute.fuse_rows``; bit-identical to three).
 
 Shape letters: B images, P patches (tokens) per image, W width.
 """
 
 from __future__ import annotations
 
+from pi0_policy.model.compute import fuse_rows, Linear, linear
 from pi0_policy.model.config import NORM_EPS, SiglipConfig
 import torch
 from torch import nn
@@ -50,10 +52,23 @@ class SiglipAttention(nn.Module):
         """Create the q/k/v/out projections."""
         super().__init__()
         self.num_heads = cfg.num_heads
-        self.q_proj = nn.Linear(cfg.width, cfg.width)
-        self.k_proj = nn.Linear(cfg.width, cfg.width)
-        self.v_proj = nn.Linear(cfg.width, cfg.width)
-        self.out_proj = nn.Linear(cfg.width, cfg.width)
+        self.q_proj = Linear(cfg.width, cfg.width)
+        self.k_proj = Linear(cfg.width, cfg.width)
+        self.v_proj = Linear(cfg.width, cfg.width)
+        self.out_proj = Linear(cfg.width, cfg.width)
+        self._qkv_weight: torch.Tensor | None = None
+        self._qkv_bias: torch.Tensor | None = None
+
+    def fused_qkv(self, copy: bool = True) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Return the fused (3W, W) q/k/v weight and (3W,) bias, or None (see ``fuse_rows``)."""
+        self._qkv_weight = fuse_rows(
+            (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight), self._qkv_weight,
+            copy=copy)
+        self._qkv_bias = fuse_rows((self.q_proj.bias, self.k_proj.bias, self.v_proj.bias),
+                                   self._qkv_bias, copy=copy)
+        if self._qkv_weight is None or self._qkv_bias is None:
+            return None
+        return self._qkv_weight, self._qkv_bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Attend (B, P, W) -> (B, P, W)."""
@@ -63,8 +78,12 @@ class SiglipAttention(nn.Module):
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.view(b, p, self.num_heads, e).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(heads(self.q_proj(x)), heads(self.k_proj(x)),
-                                             heads(self.v_proj(x)), scale=e ** -0.5)
+        fused = None if torch.is_grad_enabled() else self.fused_qkv()
+        if fused is None:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:
+            q, k, v = linear(x, *fused).split(w, dim=-1)
+        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), scale=e ** -0.5)
         return self.out_proj(out.transpose(1, 2).reshape(b, p, w))
 
 
@@ -74,8 +93,8 @@ class SiglipMLP(nn.Module):
     def __init__(self, cfg: SiglipConfig) -> None:
         """Create fc1 and fc2."""
         super().__init__()
-        self.fc1 = nn.Linear(cfg.width, cfg.mlp_dim)
-        self.fc2 = nn.Linear(cfg.mlp_dim, cfg.width)
+        self.fc1 = Linear(cfg.width, cfg.mlp_dim)
+        self.fc2 = Linear(cfg.mlp_dim, cfg.width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the MLP to (..., W)."""
@@ -119,17 +138,23 @@ class SiglipVisionTower(nn.Module):
         self.encoder = SiglipEncoder(cfg)
         self.post_layernorm = LayerNorm32(cfg.width, eps=NORM_EPS)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def fuse_weights(self, copy: bool = True) -> bool:
+        """Fuse q/k/v of every layer; return whether all could be fused."""
+        return all(layer.self_attn.fused_qkv(copy) is not None for layer in self.encoder.layers)
+
+    def forward(self, pixels: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """
         Encode images.
 
         Args:
             pixels: (B, 3, H, W) in [-1, 1].
+            dtype: Compute dtype of the encoder (default: its weights' dtype).
 
         Returns:
-            (B, P, W) tokens in the encoder's compute dtype.
+            (B, P, W) tokens in the compute dtype.
         """
-        dtype = self.encoder.layers[0].self_attn.q_proj.weight.dtype
+        if dtype is None:
+            dtype = self.encoder.layers[0].self_attn.q_proj.weight.dtype
         x = self.embeddings(pixels).to(dtype)
         for layer in self.encoder.layers:
             x = layer(x)
