@@ -142,3 +142,71 @@ def test_batch_matches_per_sample_runs(fixture_model):
         single = model.sample_actions(**{k: v[b:b + 1] for k, v in x.items()},
                                       noise=noise[b:b + 1])
         torch.testing.assert_close(batched[b:b + 1], single, atol=BATCH_ATOL, rtol=0)
+
+
+# Another architecture in the fixture format: grouped-query attention, batch 2, three cameras with
+# per-sample masks, smaller images, a short horizon and a state wider than the actions.
+OTHER_ARCH = {
+    'vlm': {'width': 48, 'depth': 3, 'mlp_dim': 96, 'num_heads': 4, 'num_kv_heads': 2,
+            'head_dim': 8, 'vocab_size': 500},
+    'expert': {'width': 24, 'depth': 3, 'mlp_dim': 40, 'num_heads': 4, 'num_kv_heads': 2,
+               'head_dim': 8},
+    'vision': {'width': 32, 'depth': 2, 'mlp_dim': 48, 'num_heads': 4, 'patch_size': 14,
+               'image_size': 112},
+    'action_dim': 16, 'state_dim': 24, 'action_horizon': 10, 'max_token_len': 20,
+    'batch_size': 2, 'num_cameras': 3,
+}
+
+
+def _write_other_fixture(folder, layout):
+    """Write a fixture of OTHER_ARCH whose reference outputs come from a model built in-process."""
+    from pi0_policy.model.checkpoint import save_pi0
+    from pi0_policy.model.config import Pi0Config
+    from pi0_policy.model.pi0 import init_random, Pi0Model
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    data = dict(json.loads((FIXTURES[0] / 'config.json').read_text()), **OTHER_ARCH,
+                checkpoint_format=layout)
+    spec = folder / 'fixture.json'
+    spec.write_text(json.dumps(data))
+    model = Pi0Model(Pi0Config.from_fixture_json(spec))
+    init_random(model, 3)
+    save_pi0(model, folder, layout=layout)
+    spec.replace(folder / 'config.json')  # the fixture's config.json, not the checkpoint's
+    gen = torch.Generator().manual_seed(1)
+    b, size, horizon = 2, OTHER_ARCH['vision']['image_size'], OTHER_ARCH['action_horizon']
+    io = {f'image_{i}': torch.rand(b, 3, size, size, generator=gen) * 2 - 1 for i in range(3)}
+    io['image_mask'] = torch.tensor([[1, 0, 1], [1, 1, 0]], dtype=torch.uint8)
+    io['lang_mask'] = torch.zeros(b, OTHER_ARCH['max_token_len'], dtype=torch.uint8)
+    io['lang_mask'][0, :7] = 1
+    io['lang_mask'][1, :12] = 1
+    io['lang_tokens'] = torch.randint(4, 500, io['lang_mask'].shape, generator=gen)
+    io['lang_tokens'][io['lang_mask'] == 0] = 0
+    io['state'] = torch.randn(b, OTHER_ARCH['state_dim'], generator=gen)
+    for name in ('noise', 'train_actions', 'train_noise'):
+        io[name] = torch.randn(b, horizon, OTHER_ARCH['action_dim'], generator=gen)
+    io['train_time'] = torch.tensor([0.3, 0.9])
+    images = torch.stack([io[f'image_{i}'] for i in range(3)], 1)
+    inputs = (images, io['image_mask'].bool(), io['lang_tokens'], io['lang_mask'].bool(),
+              io['state'])
+    with torch.inference_mode():
+        io['image_tokens_0'] = model.embed_images(images[:, :1])[:, 0]
+        io['velocity_t1'] = model.velocity(*inputs, io['noise'], torch.ones(b))
+        io['actions'] = model.sample_actions(
+            *inputs, noise=io['noise'], num_steps=data['num_steps'],
+            time_grid=data['time_grid']['t_values'])
+        io['train_losses'] = model.compute_loss(*inputs, io['train_actions'],
+                                                noise=io['train_noise'], time=io['train_time'])
+    save_file({k: v.contiguous() for k, v in io.items()}, str(folder / 'io.safetensors'))
+
+
+@pytest.mark.parametrize('layout', ['openpi', 'lerobot'])
+def test_parity_command_reads_other_architectures(tmp_path, layout):
+    """Nothing in the command is tuned to the shared fixtures: GQA, B=2, 3 masked cameras."""
+    folder = tmp_path / layout
+    _write_other_fixture(folder, layout)
+    report = run_parity(folder)
+    assert report.layout == layout
+    assert [c.name for c in report.checks] == list(CHECKED)
+    assert report.passed, report
