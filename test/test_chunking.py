@@ -35,6 +35,15 @@ def run(executor: chunking.ChunkExecutor, ticks: range) -> list[float | None]:
     return out
 
 
+def run_at(executor: chunking.ChunkExecutor, start: float, ticks: range) -> list[float | None]:
+    """Call next_action at start + k * DT for each k; return first dims (None when held)."""
+    out = []
+    for k in ticks:
+        action = executor.next_action(start + k * DT)
+        out.append(None if action is None else float(action[0]))
+    return out
+
+
 # -- configuration and registry ------------------------------------------------------------------
 
 def test_registry_lists_strategies_and_builds_each():
@@ -62,8 +71,9 @@ def test_duplicate_registration_is_refused():
 @pytest.mark.parametrize('kwargs, pattern', [
     ({'strategy': 'sync', 'horizon': 20, 'execute_steps': 30},
      r'execute_steps=30 exceeds horizon=20.*set execute_steps <= 20'),
-    ({'strategy': 'sync', 'execute_steps': 25, 'max_chunk_age': 0.4},
-     r'max_chunk_age=0.4 s is not longer than execute_steps=25 at control_rate_hz=50.0'),
+    ({'chunk_rate_hz': 0.0, 'control_rate_hz': 40.0},
+     r'chunk_rate_hz=0.0 must be a finite positive rate.*or None to use control_rate_hz=40.0'),
+    ({'chunk_rate_hz': math.nan}, r'chunk_rate_hz=nan must be a finite positive rate'),
     ({'control_rate_hz': 0.0}, r'control_rate_hz=0.0 must be a finite positive rate'),
     ({'control_rate_hz': math.inf}, r'control_rate_hz=inf'),
     ({'latency_quantile': 0.0}, r'latency_quantile=0.0 must be in \(0, 1\]'),
@@ -83,6 +93,9 @@ def test_config_type_errors_name_the_value():
         ExecutionConfig(execute_steps=2.5)
     with pytest.raises(TypeError, match=r'latency_window must be an int, got True'):
         ExecutionConfig(latency_window=True)
+    with pytest.raises(TypeError, match=r"chunk_rate_hz must be a number of Hz or None, got '20' "
+                       r'\(str\); control_rate_hz=50.0'):
+        ExecutionConfig(chunk_rate_hz='20')
 
 
 def test_config_checks_only_the_settings_of_its_strategy():
@@ -94,6 +107,11 @@ def test_config_defaults_and_dt():
     config = ExecutionConfig()
     assert config.control_rate_hz == 50.0 and config.dt == pytest.approx(0.02)
     assert config.ensemble_coefficient == 0.01
+    assert config.chunk_rate_hz is None and config.resolved_chunk_rate_hz == 50.0
+    slow = ExecutionConfig(chunk_rate_hz=20)
+    assert slow.resolved_chunk_rate_hz == 20.0 and slow.chunk_dt == pytest.approx(0.05)
+    # sync ignores max_chunk_age, so a short one no longer conflicts with execute_steps.
+    ExecutionConfig(strategy='sync', execute_steps=25, max_chunk_age=0.4)
 
 
 # -- add_chunk input checks -----------------------------------------------------------------------
@@ -160,13 +178,19 @@ def test_sync_keeps_an_early_chunk_until_the_current_one_is_done():
     assert run(executor, range(3, 6)) == [2.0, 100.0, 101.0]
 
 
-def test_sync_discards_a_chunk_older_than_max_chunk_age():
+def test_sync_accepts_a_chunk_long_after_its_observation():
+    # A slow model (full π0 on a CPU): the chunk arrives 5 s after its observation, far beyond
+    # max_chunk_age; the robot held meanwhile, so the chunk starts at its action 0 and runs.
     executor = make_executor(ExecutionConfig(strategy='sync', execute_steps=5,
                                              max_chunk_age=1.0))
+    assert executor.next_action(0.0) is None
     executor.add_chunk(ramp(0.0), 0.0, 0)
-    assert executor.next_action(1.5) is None
-    assert executor.stats.chunks_discarded == 1
-    assert executor.needs_inference(1.52)
+    arrival = 5.0
+    assert run_at(executor, arrival, range(6)) == [0.0, 1.0, 2.0, 3.0, 4.0, None]
+    stats = executor.stats
+    assert stats.chunks_discarded == 0 and stats.chunks_too_old == 0
+    assert executor.progress.chunk_age == pytest.approx(arrival + 4 * DT)
+    assert executor.needs_inference(arrival + 6 * DT)
 
 
 # -- async ----------------------------------------------------------------------------------------
@@ -364,3 +388,134 @@ def test_guidance_target_aligns_the_remaining_plan_to_a_new_observation():
     assert target.start_time == pytest.approx(tick(10))
     np.testing.assert_array_equal(target.actions, ramp(0.0)[10:])
     assert executor.guidance_target(tick(HORIZON)) is None  # the plan ends before it
+
+
+# -- chunk rate != control rate -------------------------------------------------------------------
+
+CHUNK_RATE = 20.0  # Hz: a policy trained on 20 Hz data (franka, mobile manipulator)
+
+
+def interpolated(chunk: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Return (len(positions), D): each column of ``chunk`` linearly interpolated at positions."""
+    steps = np.arange(chunk.shape[0], dtype=np.float64)
+    return np.stack([np.interp(positions, steps, chunk[:, d]) for d in range(chunk.shape[1])],
+                    axis=1)
+
+
+def actions_at(executor: chunking.ChunkExecutor, times: np.ndarray) -> list[np.ndarray | None]:
+    """Call next_action at each time; return copies of the actions (None when held)."""
+    return [None if (a := executor.next_action(float(t))) is None else np.array(a)
+            for t in times]
+
+
+def test_sync_interpolates_20hz_chunks_at_50hz_ticks():
+    config = ExecutionConfig(strategy='sync', control_rate_hz=RATE, chunk_rate_hz=CHUNK_RATE,
+                             execute_steps=5, horizon=10)
+    executor = make_executor(config)
+    chunk = np.random.default_rng(3).normal(size=(10, DIM))
+    executor.add_chunk(chunk, 0.0, 0)
+    arrival = 0.37  # the robot held until the chunk arrived: it starts at action 0
+    out = actions_at(executor, arrival + np.arange(15) * DT)
+    # Tick k is at chunk position k * 20 / 50 = 0.4 k; 5 actions span 5 / 20 s = 12.5 ticks.
+    positions = 0.4 * np.arange(13)
+    np.testing.assert_allclose(np.stack(out[:13]), interpolated(chunk, positions),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(out[0], chunk[0])  # ticks on the action grid are exact
+    np.testing.assert_array_equal(out[5], chunk[2])
+    np.testing.assert_array_equal(out[10], chunk[4])
+    assert out[13] is None and out[14] is None
+    assert executor.progress.index == 4  # the tick at position 4.8 came from step 4
+    assert executor.needs_inference(arrival + 15 * DT)
+
+
+def test_async_20hz_chunk_lasts_horizon_over_chunk_rate():
+    horizon = 10
+    executor = make_executor(ExecutionConfig(strategy='async', chunk_rate_hz=CHUNK_RATE,
+                                             request_remaining=0))
+    chunk = np.random.default_rng(4).normal(size=(horizon, DIM))
+    executor.add_chunk(chunk, 0.0, 0)
+    duration = horizon / CHUNK_RATE  # 0.5 s = 25 ticks at 50 Hz
+    ticks = round(duration * RATE)
+    out = actions_at(executor, np.arange(ticks + 2) * DT)
+    assert all(a is not None for a in out[:ticks]) and out[ticks] is None
+    positions = np.arange(ticks) * DT * CHUNK_RATE
+    expected = interpolated(chunk, positions)  # np.interp holds the last action past step H-1
+    np.testing.assert_allclose(np.stack(out[:ticks]), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(out[ticks - 1], chunk[-1])  # position 9.6: last action held
+    assert executor.progress.remaining == 0
+
+
+def test_async_20hz_stitches_by_time_and_drops_elapsed_actions():
+    executor = make_executor(ExecutionConfig(strategy='async', chunk_rate_hz=CHUNK_RATE))
+    obs_time = 0.013
+    chunk = ramp(0.0, 20)  # value = chunk position
+    executor.add_chunk(chunk, obs_time, 0)
+    arrival = 0.1  # 1.74 chunk steps after the observation
+    out = run_at(executor, arrival, range(5))
+    expected = [(arrival + k * DT - obs_time) * CHUNK_RATE for k in range(5)]
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-9)
+    assert executor.stats.actions_dropped == 1  # action 0 (meant for 0.013 s) lay in the past
+    later = ramp(100.0, 20)
+    executor.add_chunk(later, 0.15, 1)  # taken on the next tick, at 0.2 s: position 1.0
+    assert executor.next_action(arrival + 5 * DT)[0] == pytest.approx(101.0, abs=1e-9)
+    assert executor.stats.actions_dropped == 2
+
+
+def test_async_request_threshold_converts_ticks_to_chunk_steps():
+    executor = make_executor(ExecutionConfig(
+        strategy='async', chunk_rate_hz=CHUNK_RATE, request_remaining=2, latency_margin_ticks=2,
+        latency_skip_first=0))
+    executor.add_chunk(ramp(0.0, 40), 0.0, 0)
+    executor.next_action(0.3)  # delay 0.3 s: 15 control ticks
+    assert executor.stats.delay_ticks == 15
+    # Threshold: 15 + 2 = 17 ticks = 6.8 chunk steps; the chunk ends at 40 / 20 = 2 s.
+    # Plan time t leaves 40 - floor(20 t) actions: 7 (17.5 ticks) at t = 1.65, 6 at t = 1.70.
+    assert not executor.needs_inference(1.65)
+    assert executor.needs_inference(1.70)
+
+
+def test_ensemble_averages_interpolated_chunks():
+    m = 0.5
+    executor = make_executor(ExecutionConfig(strategy='ensemble', chunk_rate_hz=CHUNK_RATE,
+                                             ensemble_coefficient=m))
+    rng = np.random.default_rng(5)
+    chunks = [rng.normal(size=(8, DIM)) for _ in range(2)]
+    stamps = [0.0, 0.05]
+    for j, (chunk, stamp) in enumerate(zip(chunks, stamps)):
+        executor.add_chunk(chunk, stamp, j)
+    now = 0.13
+    action = executor.next_action(now)
+    samples = np.stack([interpolated(c, np.array([(now - s) * CHUNK_RATE]))[0]
+                        for c, s in zip(chunks, stamps)])  # positions 2.6 and 1.6
+    weights = np.exp(-m * np.arange(2))
+    expected = (weights[:, None] * samples).sum(axis=0) / weights.sum()
+    np.testing.assert_allclose(action, expected, rtol=1e-12)
+    assert executor.progress.sequence == 1 and executor.progress.index == 1
+
+
+def test_guidance_target_counts_chunk_steps():
+    executor = make_executor(ExecutionConfig(strategy='async', chunk_rate_hz=CHUNK_RATE,
+                                             latency_skip_first=0))
+    chunk = ramp(0.0, 20)
+    executor.add_chunk(chunk, 0.0, 3)
+    executor.next_action(0.3)  # latency 0.3 s: 15 control ticks, 6 chunk steps
+    target = executor.guidance_target(0.32)  # position 6.4: nearest action 6
+    assert executor.stats.delay_ticks == 15 and target.delay_ticks == 6
+    assert target.start_time == pytest.approx(0.3)
+    np.testing.assert_array_equal(target.actions, chunk[6:])
+
+
+# -- max_chunk_age --------------------------------------------------------------------------------
+
+def test_async_and_ensemble_count_chunks_older_than_max_chunk_age():
+    for strategy in ('async', 'ensemble'):
+        executor = make_executor(ExecutionConfig(strategy=strategy, max_chunk_age=1.0))
+        executor.add_chunk(ramp(0.0, 100), 0.0, 0)
+        assert executor.next_action(1.5) is None  # arrived 1.5 s after its observation
+        stats = executor.stats
+        assert (stats.chunks_discarded, stats.chunks_too_old) == (1, 1), strategy
+        executor.add_chunk(ramp(0.0, 100), 1.5, 1)
+        assert executor.next_action(1.5) is not None
+        assert executor.next_action(2.6) is None  # expired while executing
+        stats = executor.stats
+        assert (stats.chunks_discarded, stats.chunks_too_old) == (1, 2), strategy

@@ -13,6 +13,7 @@ from pi0_policy.model.pi0 import build_empty, init_random
 from pi0_policy.runtime import pipeline as pl
 from pi0_policy.runtime import policy as pol
 from pi0_policy.runtime import transforms as tf
+from pi0_policy.runtime.config import PolicyLoadConfig
 from pi0_policy.runtime.tokenizer import BOS_ID, DEFAULT_MAX_TOKEN_LEN, PromptTokenizer
 import pytest
 from safetensors.torch import save_file
@@ -330,3 +331,94 @@ def test_from_checkpoint_errors(tmp_path):
     explicit = train_sentencepiece(tmp_path / 'tok' / 'tokenizer.model', TOKENIZER_VOCAB)
     policy = pol.Pi0Policy.from_checkpoint(bare, adapter, tokenizer_path=explicit)
     assert policy.tokenizer.encoder.name == str(explicit)
+
+
+def robot_with_asset(tmp_path: Path, asset_id: str) -> Path:
+    """Write a copy of the mock robot config whose norm_stats_asset_id is ``asset_id``."""
+    text = (ROBOT_CONFIG_DIR / 'mock.yaml').read_text()
+    assert 'norm_stats_asset_id: null' in text
+    path = tmp_path / 'mock_with_asset.yaml'
+    path.write_text(text.replace('norm_stats_asset_id: null',
+                                 f"norm_stats_asset_id: '{asset_id}'"))
+    return path
+
+
+def test_robot_config_asset_id_is_the_default(tmp_path, caplog):
+    caplog.set_level('INFO', logger=pol.__name__)
+    root = tmp_path / 'ckpt'
+    nested = 'lerobot/mock_robot'  # openpi names assets by dataset repo id
+    write_checkpoint(root, embodiment_adapters.load_adapter('mock'), assets=('other', nested))
+    robot = robot_with_asset(tmp_path, nested)
+    policy = pol.Pi0Policy.from_checkpoint(root, robot, num_steps=TEST_STEPS)
+    assert policy.norm_stats_asset_id == nested
+    assert policy.pipeline.normalizer.source == root / 'assets' / nested / 'norm_stats.json'
+    native = len(policy.adapter.state_names)
+    np.testing.assert_allclose(policy.pipeline.normalizer.state.mean, stats_for(native, 1).mean)
+    assert f"Norm stats asset '{nested}' (norm_stats_asset_id of robot config" in caplog.text
+    # An explicit asset id wins over the robot config's.
+    explicit = pol.Pi0Policy.from_checkpoint(root, robot, num_steps=TEST_STEPS, asset_id='other')
+    assert explicit.norm_stats_asset_id == 'other'
+    np.testing.assert_allclose(explicit.pipeline.normalizer.state.mean,
+                               stats_for(native, 0).mean)
+    assert "Norm stats asset 'other' (given explicitly)" in caplog.text
+
+
+def test_single_asset_of_another_robot_is_not_used_silently(tmp_path):
+    root = tmp_path / 'ckpt'
+    write_checkpoint(root, embodiment_adapters.load_adapter('mock'), assets=('droid',))
+    robot = robot_with_asset(tmp_path, 'trossen')
+    with pytest.raises(ValueError, match=r"Asset id 'trossen' has no norm_stats.json .*"
+                                         r"available asset ids: \['droid'\]"):
+        pol.Pi0Policy.from_checkpoint(root, robot)
+    policy = pol.Pi0Policy.from_checkpoint(root, robot, asset_id='droid', num_steps=TEST_STEPS)
+    assert policy.norm_stats_asset_id == 'droid'
+
+
+def test_checkpoint_without_norm_stats_fails_clearly(tmp_path):
+    root = tmp_path / 'ckpt'
+    write_checkpoint(root, embodiment_adapters.load_adapter('mock'), assets=())
+    with pytest.raises(ValueError, match=r'has no norm stats: no assets/<asset_id>/norm_stats'):
+        pol.Pi0Policy.from_checkpoint(root, 'mock')
+    tiny = pol.Pi0Policy.from_checkpoint(None, 'mock', num_steps=TEST_STEPS)
+    assert tiny.pipeline.normalizer.is_identity and tiny.norm_stats_asset_id is None
+
+
+def test_action_mode_absolute_skips_the_delta_transform():
+    adapter = embodiment_adapters.load_adapter(MULTI_CAMERA_ROBOT)
+    assert adapter.delta_mask.any(), 'the test needs a robot with delta joints'
+    robot_mode = pol.Pi0Policy.from_checkpoint(None, adapter, num_steps=TEST_STEPS)
+    absolute_mode = pol.Pi0Policy.from_checkpoint(None, adapter, num_steps=TEST_STEPS,
+                                                  action_mode='absolute')
+    assert (robot_mode.action_mode, absolute_mode.action_mode) == ('robot', 'absolute')
+    np.testing.assert_array_equal(robot_mode.pipeline.delta_mask, adapter.delta_mask)
+    assert not absolute_mode.pipeline.delta_mask.any()
+    obs = {**observation(adapter), 'noise': fixed_noise()}
+    with_delta = robot_mode.infer(obs).unified_actions
+    without = absolute_mode.infer(obs).unified_actions
+    state = adapter.state_to_unified(obs['state'])
+    # Same model and noise: 'robot' adds the state on the delta dims only, 'absolute' never.
+    expected = without.copy()
+    expected[:, adapter.delta_mask] += state[adapter.delta_mask]
+    np.testing.assert_allclose(with_delta, expected, rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(with_delta[:, ~adapter.delta_mask],
+                                  without[:, ~adapter.delta_mask])
+
+
+def test_action_mode_is_validated():
+    with pytest.raises(ValueError, match=r"Unknown action_mode 'delta'; expected one of "
+                                         r"\['robot', 'absolute'\]"):
+        pol.Pi0Policy.from_checkpoint(None, 'mock', action_mode='delta')
+    adapter = embodiment_adapters.load_adapter('mock')
+    with pytest.raises(ValueError, match=r"Unknown action_mode 'Robot'"):
+        pl.Pi0Pipeline(adapter, PromptTokenizer.fallback(100), tf.Normalizer(),
+                       image_size=MODEL_IMAGE_SIZE, num_cameras=3, state_dim=32, action_dim=32,
+                       action_mode='Robot')
+    load = {'checkpoint': None, 'device': 'cpu', 'dtype': 'float32', 'num_steps': 1,
+            'asset_id': None, 'seed': 0, 'torch_threads': 1}
+    assert PolicyLoadConfig(**load).action_mode == 'robot'
+    assert PolicyLoadConfig(**load, action_mode='absolute').action_mode == 'absolute'
+    with pytest.raises(ValueError, match=r"Parameter 'action_mode' is 'delta'; expected one of "
+                                         r"\['robot', 'absolute'\]"):
+        PolicyLoadConfig(**load, action_mode='delta')
+    with pytest.raises(ValueError, match=r"Parameter 'asset_id' is ' '; expected None"):
+        PolicyLoadConfig(**{**load, 'asset_id': ' '})

@@ -190,14 +190,17 @@ def write_stats(root: Path, asset_id: str, width: int = STATE_WIDTH) -> dict:
 
 
 def test_normalizer_from_checkpoint_asset_selection(tmp_path, caplog):
-    identity = tf.Normalizer.from_checkpoint(tmp_path)
+    identity = tf.Normalizer.from_checkpoint(None)  # only the tiny random model has no stats
     assert identity.is_identity and 'NOT normalized' in caplog.text
+    assert identity.source is None and identity.asset_id is None
     x = np.arange(3.0)
     np.testing.assert_array_equal(identity.normalize_state(x), x)
     np.testing.assert_array_equal(identity.unnormalize_actions(x), x)
     data = write_stats(tmp_path, 'aloha')
     norm = tf.Normalizer.from_checkpoint(tmp_path)
     np.testing.assert_allclose(norm.state.mean, data['norm_stats']['state']['mean'])
+    assert norm.asset_id == 'aloha'
+    assert norm.source == tmp_path / 'assets' / 'aloha' / 'norm_stats.json'
     assert tf.Normalizer.from_checkpoint(tmp_path, 'aloha').actions.width == STATE_WIDTH
     with pytest.raises(ValueError, match=r"Asset id 'droid' .* available asset ids: \['aloha'\]"):
         tf.Normalizer.from_checkpoint(tmp_path, 'droid')
@@ -205,6 +208,39 @@ def test_normalizer_from_checkpoint_asset_selection(tmp_path, caplog):
     with pytest.raises(ValueError, match=r"several asset ids \['aloha', 'droid'\]"):
         tf.Normalizer.from_checkpoint(tmp_path)
     assert not tf.Normalizer.from_checkpoint(tmp_path, 'droid').is_identity
+
+
+def test_real_checkpoint_without_norm_stats_is_an_error(tmp_path):
+    (tmp_path / 'assets' / 'trossen').mkdir(parents=True)  # an asset folder, but no stats
+    with pytest.raises(ValueError) as info:
+        tf.Normalizer.from_checkpoint(tmp_path)
+    message = str(info.value)
+    assert f"Checkpoint '{tmp_path}' has no norm stats" in message
+    assert f"under '{tmp_path / 'assets'}'" in message  # where it looked
+    assert 'copy assets/<asset_id>/norm_stats.json of the training run' in message  # what to do
+    assert tf.find_norm_stats(tmp_path) is None
+
+
+def test_nested_asset_ids_as_openpi_names_them(tmp_path):
+    nested = 'lerobot/aloha_sim_transfer_cube_human'
+    data = write_stats(tmp_path, nested, width=5)
+    write_stats(tmp_path, 'trossen')
+    (tmp_path / 'assets' / 'norm_stats.json').write_text('{}')  # not in an asset folder: no id
+    assert tf.list_asset_ids(tmp_path) == [nested, 'trossen']
+    norm = tf.Normalizer.from_checkpoint(tmp_path, nested)
+    assert norm.asset_id == nested and norm.state.width == 5
+    np.testing.assert_allclose(norm.actions.std, data['norm_stats']['actions']['std'])
+    with pytest.raises(ValueError, match=r"several asset ids \['lerobot/aloha_sim_transfer"):
+        tf.Normalizer.from_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match=r"Asset id 'lerobot' has no norm_stats.json .*"
+                                         r"looked for '.*/assets/lerobot/norm_stats.json'"):
+        tf.find_norm_stats(tmp_path, 'lerobot')
+    for bad in ('', '/etc', '../other'):
+        with pytest.raises(ValueError, match='must be a non-empty path relative to the assets/'):
+            tf.find_norm_stats(tmp_path, bad)
+    only = tmp_path / 'only'
+    write_stats(only, nested)
+    assert tf.Normalizer.from_checkpoint(only).asset_id == nested  # the only one, found nested
 
 
 def test_normalizer_round_trip_and_bad_files(tmp_path):

@@ -177,7 +177,9 @@ class RobotConfig:
     cameras: tuple[CameraSpec, ...]
     joint_state_topics: tuple[JointStateTopic, ...]
     commands: tuple[CommandSpec, ...]
-    # Rate the robot expects commands at (Hz); a hint for the control timer.
+    # Rate the policy's actions for this robot are spaced at (Hz): the rate of the data its
+    # checkpoints were trained on; the chunk executors play chunks back at it
+    # (ExecutionConfig.chunk_rate_hz), whatever the control timer's rate.
     control_rate_hz: float
     # Asset id of the checkpoint norm stats this robot matches (e.g. 'trossen'), or None.
     norm_stats_asset_id: str | None = None

@@ -68,7 +68,7 @@ class CheckpointInfo:
     config_source: str
     # File keys present but deliberately not loaded.
     ignored_keys: tuple[str, ...]
-    # Every ``assets/<id>/norm_stats.json`` next to the weights, sorted.
+    # Every ``assets/<id>/norm_stats.json`` next to the weights (ids may be nested), sorted.
     norm_stats_paths: tuple[pathlib.Path, ...]
 
 
@@ -242,7 +242,7 @@ def load_pi0(path: str | pathlib.Path, device: torch.device | str = 'cpu',
     info = CheckpointInfo(layout=layout, weights_path=file, config_source=source,
                           ignored_keys=tuple(sorted(ignored)),
                           norm_stats_paths=tuple(sorted(root.glob(
-                              f'{ASSETS_DIR}/*/{NORM_STATS_FILE}'))))
+                              f'{ASSETS_DIR}/**/{NORM_STATS_FILE}'))))
     return model.eval(), config, info
 
 

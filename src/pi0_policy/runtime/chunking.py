@@ -11,7 +11,12 @@ Real-Time Chunking (Black et al. 2025) fits as another registered strategy: it e
 an inference starts, reads ``guidance_target(obs_time)``: the not-yet-executed actions of the
 current chunk aligned so that row 0 is meant for ``obs_time`` (the guidance target Y, to be
 right-padded to H in model space by the sampler, never with zeros) and ``delay_ticks`` (the
-estimated delay d).
+estimated delay d, in chunk steps of ``1 / chunk_rate_hz``, which the sampler needs).
+
+Chunk rate: the policy's actions are spaced at ``chunk_rate_hz`` (the rate of its training data,
+the robot config's ``control_rate_hz``), which may differ from the control rate; every strategy
+samples a chunk by time, interpolating linearly between actions when the rates differ (see
+:mod:`pi0_policy.runtime.executor_base`).
 """
 
 from collections.abc import Callable
@@ -92,12 +97,18 @@ class ExecutionConfig:
 
     # Strategy name: 'sync', 'async' or 'ensemble' (see available_strategies()).
     strategy: str = 'async'
-    # Rate of next_action() calls, Hz; dt = 1 / control_rate_hz separates consecutive actions.
+    # Rate of next_action() calls (control ticks), Hz; dt = 1 / control_rate_hz.
     control_rate_hz: float = 50.0
+    # Rate the policy's actions are spaced at, Hz (the robot config's control_rate_hz: the rate of
+    # the data the checkpoint was trained on): action k of a chunk is meant for
+    # obs_time + k / chunk_rate_hz. None: the same as control_rate_hz. When it differs, each tick
+    # interpolates linearly between the two actions around its time.
+    chunk_rate_hz: float | None = None
     # Chunk length H the policy produces, when known; every chunk and, for sync, execute_steps
     # are checked against it.
     horizon: int | None = None
-    # sync: actions executed from each chunk before the robot holds and the next inference starts.
+    # sync: chunk actions executed from each chunk (a span of execute_steps / chunk_rate_hz
+    # seconds) before the robot holds and the next inference starts.
     execute_steps: int = 25
     # async: request the next inference once at most this many actions are left in the chunk
     # (>= H requests on every tick).
@@ -113,7 +124,9 @@ class ExecutionConfig:
     latency_skip_first: int = 1
     # ensemble: ACT coefficient m of w_j = exp(-m * j), j = 0 the oldest chunk; m > 0 is smoother.
     ensemble_coefficient: float = 0.01
-    # Oldest a chunk may be (seconds since its observation) for an action to be taken from it.
+    # async, ensemble: oldest a chunk may be (seconds since its observation) for an action to be
+    # taken from it; older chunks are discarded (ExecutorStats.chunks_too_old). sync ignores it:
+    # the robot holds while the policy infers and each chunk starts at its action 0 on arrival.
     max_chunk_age: float = 2.0
     # Plan-clock tolerance, ticks: drifting further from now re-synchronises (skips) the plan.
     max_tick_lag: float = 1.5
@@ -124,6 +137,17 @@ class ExecutionConfig:
         if not (math.isfinite(self.control_rate_hz) and self.control_rate_hz > 0):
             raise ValueError(f'ExecutionConfig.control_rate_hz={self.control_rate_hz!r} must be a '
                              'finite positive rate in Hz (e.g. 50.0).')
+        if self.chunk_rate_hz is not None:
+            rate = self.chunk_rate_hz
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+                raise TypeError(
+                    f'ExecutionConfig.chunk_rate_hz must be a number of Hz or None, got {rate!r} '
+                    f'({type(rate).__name__}); control_rate_hz={self.control_rate_hz}.')
+            if not (math.isfinite(rate) and rate > 0):
+                raise ValueError(
+                    f'ExecutionConfig.chunk_rate_hz={rate!r} must be a finite positive rate in Hz '
+                    "(the spacing of the policy's actions: the robot config's control_rate_hz), "
+                    f'or None to use control_rate_hz={self.control_rate_hz}.')
         for name, minimum in (('execute_steps', 1), ('request_remaining', 0),
                               ('latency_margin_ticks', 0), ('latency_window', 1),
                               ('latency_skip_first', 0)):
@@ -144,21 +168,24 @@ class ExecutionConfig:
         if not self.max_tick_lag > 1.0:
             raise ValueError(f'ExecutionConfig.max_tick_lag={self.max_tick_lag!r} must exceed 1 '
                              'tick, or the plan clock re-synchronises on ordinary jitter.')
-        sync_span = self.execute_steps / self.control_rate_hz
         if not self.max_chunk_age > 0:
             raise ValueError(f'ExecutionConfig.max_chunk_age={self.max_chunk_age!r} must be a '
                              'positive number of seconds.')
-        if self.strategy == 'sync' and self.max_chunk_age <= sync_span:
-            raise ValueError(
-                f'ExecutionConfig.max_chunk_age={self.max_chunk_age} s is not longer than '
-                f'execute_steps={self.execute_steps} at control_rate_hz={self.control_rate_hz} '
-                f'({sync_span:.3f} s): no chunk could be executed to the end; raise max_chunk_age '
-                'or lower execute_steps.')
 
     @property
     def dt(self) -> float:
         """Return the control period in seconds."""
         return 1.0 / self.control_rate_hz
+
+    @property
+    def resolved_chunk_rate_hz(self) -> float:
+        """Return the rate of the actions in a chunk: chunk_rate_hz, or control_rate_hz if None."""
+        return self.control_rate_hz if self.chunk_rate_hz is None else float(self.chunk_rate_hz)
+
+    @property
+    def chunk_dt(self) -> float:
+        """Return the time between consecutive actions of a chunk, seconds."""
+        return 1.0 / self.resolved_chunk_rate_hz
 
 
 @register_strategy('sync')
@@ -167,7 +194,9 @@ class SyncExecutor(ChunkExecutor):
     Execute ``execute_steps`` actions of a chunk, then hold until the next chunk arrives.
 
     The robot pauses while the policy infers; a new chunk starts at its index 0 on the tick that
-    takes it, whatever its age (up to ``max_chunk_age``).
+    takes it, whatever its age: the robot held still, so however slow the model (full π0 on a
+    CPU takes seconds), the chunk is still valid. ``max_chunk_age`` does not apply. The
+    ``execute_steps`` actions span ``execute_steps / chunk_rate_hz`` seconds.
     """
 
     @override
@@ -181,8 +210,7 @@ class SyncExecutor(ChunkExecutor):
 
     def _finished(self, now: float) -> bool:
         chunk = self._current
-        return (chunk is None or self._too_old(chunk, now)
-                or self._index(chunk, self._peek_plan_time(now)) >= self._limit)
+        return chunk is None or self._index(chunk, self._peek_plan_time(now)) >= self._limit
 
     @override
     def next_action(self, now: float) -> RobotAction | None:
@@ -191,10 +219,7 @@ class SyncExecutor(ChunkExecutor):
         if inbox:
             self._discarded += len(inbox) - 1  # superseded before they could start
             newest = inbox[-1]
-            if self._too_old(newest, now):
-                self._latency.add(now - newest.obs_time)
-                self._discarded += 1
-            elif self._finished(now):
+            if self._finished(now):
                 self._latency.add(now - newest.obs_time)
                 self._plan_origin = None
                 newest.anchor = self._plan_time(now)  # the robot waited: start at index 0
@@ -206,13 +231,11 @@ class SyncExecutor(ChunkExecutor):
         chunk = self._current
         if chunk is None:
             return self._hold()
-        if self._too_old(chunk, now):
-            self._current = None
-            return self._hold()
-        index = self._index(chunk, self._plan_time(now))
+        time = self._plan_time(now)
+        index = self._index(chunk, time)
         if index >= self._limit:
             return self._hold()
-        return self._emit(chunk, index, now)
+        return self._emit(chunk, index, now, time)
 
     @override
     def needs_inference(self, now: float) -> bool:
@@ -246,7 +269,11 @@ class AsyncExecutor(ChunkExecutor):
         for position, chunk in enumerate(inbox):
             self._latency.add(now - chunk.obs_time)  # late chunks count: they measure latency
             start = self._index(chunk, time)
-            if start >= chunk.length or self._too_old(chunk, now):
+            if self._too_old(chunk, now):
+                self._discarded += 1
+                self._too_old_count += 1
+                continue
+            if start >= chunk.length:
                 self._discarded += 1  # arrived after its last action's time
                 continue
             if position < len(inbox) - 1:
@@ -258,12 +285,16 @@ class AsyncExecutor(ChunkExecutor):
         if chunk is None:
             return self._hold()
         index = self._index(chunk, time)
-        if index >= chunk.length or self._too_old(chunk, now):
+        if self._too_old(chunk, now):
+            self._too_old_count += 1
+            self._current = None
+            return self._hold()
+        if index >= chunk.length:
             self._current = None
             return self._hold()
         if index < 0:  # stamped in the future (clock offset): do not run ahead of it
             return self._hold()
-        return self._emit(chunk, index, now)
+        return self._emit(chunk, index, now, time)
 
     @override
     def needs_inference(self, now: float) -> bool:
@@ -273,9 +304,11 @@ class AsyncExecutor(ChunkExecutor):
         chunk = self._current
         if chunk is None or self._too_old(chunk, now):
             return True
-        threshold = max(self._config.request_remaining,
-                        self._latency.delay_ticks + self._config.latency_margin_ticks)
-        return self._remaining_after(chunk, now) <= threshold
+        remaining = self._remaining_after(chunk, now)  # chunk actions
+        if remaining <= self._config.request_remaining:
+            return True
+        threshold = self._latency.delay_ticks + self._config.latency_margin_ticks  # ticks
+        return self._steps_to_ticks(remaining) <= threshold
 
 
 @register_strategy('ensemble')
@@ -284,7 +317,9 @@ class EnsembleExecutor(ChunkExecutor):
     Average every chunk's action for the current time step, as ACT's temporal ensembling.
 
     Weights are ``w_j = exp(-m * j)`` over the chunks covering the step, ``j = 0`` the oldest
-    (``m = ensemble_coefficient``). Inference is wanted on every tick.
+    (``m = ensemble_coefficient``); each chunk contributes its action for the tick's plan time
+    (interpolated when ``chunk_rate_hz`` differs from the control rate). Inference is wanted on
+    every tick.
     """
 
     @override
@@ -307,12 +342,17 @@ class EnsembleExecutor(ChunkExecutor):
         time = self._plan_time(now)
         for chunk in self._take_inbox():
             self._latency.add(now - chunk.obs_time)
-            if self._too_old(chunk, now) or self._index(chunk, time) >= chunk.length:
+            if self._too_old(chunk, now):
+                self._discarded += 1
+                self._too_old_count += 1
+                continue
+            if self._index(chunk, time) >= chunk.length:
                 self._discarded += 1
                 continue
             self._chunks.append(chunk)  # add_chunk keeps obs_time increasing
-        live = [c for c in self._chunks
-                if self._index(c, time) < c.length and not self._too_old(c, now)]
+        fresh = [c for c in self._chunks if not self._too_old(c, now)]
+        self._too_old_count += len(self._chunks) - len(fresh)
+        live = [c for c in fresh if self._index(c, time) < c.length]
         self._chunks = live
         covering = [(c, i) for c in live if (i := self._index(c, time)) >= 0]
         if not covering:
@@ -320,10 +360,10 @@ class EnsembleExecutor(ChunkExecutor):
         weights = self._weight_table(len(covering))
         total = np.zeros(covering[0][0].actions.shape[1])  # (D,)
         for j, (chunk, index) in enumerate(covering):
-            total += weights[j] * chunk.actions[index]
+            total += weights[j] * self._sample(chunk, index, time)
         total /= weights[:len(covering)].sum()
         newest, newest_index = covering[-1]
-        self._emit(newest, newest_index, now)
+        self._record(newest, newest_index, now)
         return total
 
     @override

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import re
 
 from pi0_policy.runtime.chunking import ExecutionConfig
+from pi0_policy.runtime.pipeline import ACTION_MODE_ROBOT, ACTION_MODES
 
 # Torch dtypes the policy can run in (pi0_policy.runtime.policy.DTYPES).
 DTYPES = ('float32', 'bfloat16')
@@ -40,7 +41,8 @@ class PolicyLoadConfig:
     dtype: str
     # Flow-matching integration steps per inference.
     num_steps: int
-    # Norm-stats asset id in the checkpoint; None uses the robot config's.
+    # Norm-stats asset id in the checkpoint (may be nested, e.g. 'lerobot/aloha_sim_...'); None
+    # uses the robot config's norm_stats_asset_id (then the only asset of the checkpoint).
     asset_id: str | None
     # Seed of the sampling noise generator.
     seed: int
@@ -48,6 +50,9 @@ class PolicyLoadConfig:
     torch_threads: int
     # Added to the nice value of the inference thread (Linux), so control preempts inference.
     inference_niceness: int = 0
+    # How the checkpoint's actions relate to the state (pipeline ACTION_MODES): 'robot' applies
+    # the robot config's per-joint delta/absolute; 'absolute' none (e.g. openpi pi0_aloha_sim).
+    action_mode: str = ACTION_MODE_ROBOT
 
     def __post_init__(self) -> None:
         """Validate the fields."""
@@ -59,6 +64,11 @@ class PolicyLoadConfig:
         _require(self.torch_threads >= 1, 'torch_threads', self.torch_threads, 'an integer >= 1')
         _require(0 <= self.inference_niceness <= MAX_NICENESS, 'inference_niceness',
                  self.inference_niceness, f'an integer in [0, {MAX_NICENESS}]')
+        _require(self.action_mode in ACTION_MODES, 'action_mode', self.action_mode,
+                 f"one of {list(ACTION_MODES)} ('absolute' for checkpoints trained on absolute "
+                 'actions)')
+        _require(self.asset_id is None or bool(self.asset_id.strip()), 'asset_id',
+                 self.asset_id, "None (the robot config's norm_stats_asset_id) or an asset id")
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,23 @@ Conventions shared by every strategy:
 - Time is passed in explicitly (seconds, float, the clock of the observation stamps); nothing here
   reads a clock, so tests are deterministic.
 - Action ``k`` of a chunk computed from an observation stamped ``obs_time`` is meant for
-  ``obs_time + k * dt`` with ``dt = 1 / control_rate_hz`` (its *anchor* is ``obs_time``). The
-  synchronous strategy re-anchors each chunk at the tick it starts on, because the robot waits.
+  ``obs_time + k / chunk_rate_hz`` (its *anchor* is ``obs_time``); ``chunk_rate_hz`` is the rate
+  the policy's actions are spaced at (the robot config's ``control_rate_hz``), by default the
+  control rate. The synchronous strategy re-anchors each chunk at the tick it starts on, because
+  the robot waits. A chunk of H actions lasts ``H / chunk_rate_hz`` seconds (its last action is
+  held for one chunk step).
 - A *plan clock* gives the time the action of the current tick is meant for. It advances by
-  exactly ``dt`` per returned action, so consecutive ticks take consecutive chunk indices (no
-  repeats, no gaps under timer jitter); when it drifts more than ``max_tick_lag`` ticks from
-  ``now`` (missed ticks, a paused timer) it jumps to ``now`` and the actions whose time has passed
-  are skipped.
+  exactly ``dt = 1 / control_rate_hz`` per returned action, so consecutive ticks move through the
+  chunk without repeats or gaps under timer jitter; when it drifts more than ``max_tick_lag``
+  ticks from ``now`` (missed ticks, a paused timer) it jumps to ``now`` and the actions whose
+  time has passed are skipped.
+- Sampling a chunk at a plan time: when ``chunk_rate_hz == control_rate_hz`` the tick takes the
+  action nearest to it (ticks and actions share one grid up to a phase). Otherwise the tick
+  interpolates linearly between the two actions around it (position semantics; also right for
+  velocity dims), e.g. 20 Hz actions at 50 Hz ticks: positions 0, 0.4, 0.8, 1.2, ...
+- Indices, ``execute_steps``, ``request_remaining``, ``horizon`` and ``ChunkProgress`` count chunk
+  actions; the plan clock, ``max_tick_lag``, ``latency_margin_ticks`` and
+  ``ExecutorStats.delay_ticks`` count control ticks.
 - ``next_action(now)`` returns ``None`` when there is nothing valid to execute: the caller holds.
 - Threading: ``add_chunk`` may be called from the inference thread while the control timer calls
   ``next_action`` / ``needs_inference``; a new chunk waits in a locked inbox and is taken at the
@@ -44,6 +54,9 @@ RobotAction = np.ndarray  # (D,) robot units
 _NO_TIME = -math.inf
 # Slack, in ticks, for float round-off when a duration is converted to a whole number of ticks.
 _TICK_EPS = 1e-6
+# Slack, in chunk steps, for float round-off of a tick time on the chunk's action grid: a tick
+# within it of an action takes that action exactly.
+_STEP_EPS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,10 @@ class ExecutorStats:
     chunks_received: int
     # Chunks discarded: older than the current observation, superseded, too late or too old.
     chunks_discarded: int
+    # Chunks dropped for being older than max_chunk_age (async, ensemble): on arrival (those are
+    # also in chunks_discarded) or while being executed. A growing count with a slow model means
+    # max_chunk_age is shorter than the inference latency (use 'sync' or raise max_chunk_age).
+    chunks_too_old: int
     # Actions of accepted chunks dropped because their time had passed on arrival.
     actions_dropped: int
     # Ticks the plan clock skipped after missed ticks.
@@ -86,11 +103,14 @@ class ExecutorStats:
 class GuidanceTarget:
     """The current plan seen from a new observation: the RTC guidance target Y and the delay d."""
 
-    # Not-yet-executed actions of the current chunk; row i is meant for start_time + i * dt.
+    # Not-yet-executed actions of the current chunk; row i is meant for
+    # start_time + i / chunk_rate_hz.
     actions: ActionChunk  # (R, D), R <= H, read-only
-    # Time row 0 is meant for (the obs_time passed to guidance_target, up to half a tick).
+    # Time row 0 is meant for (the obs_time passed to guidance_target, up to half a chunk step).
     start_time: float
-    # Estimated inference delay d in ticks: the new chunk's first d actions will lie in the past.
+    # Estimated inference delay d in CHUNK STEPS (actions of the new chunk, 1 / chunk_rate_hz
+    # each; equal to control ticks when chunk_rate_hz == control_rate_hz): the new chunk's first
+    # d actions will lie in the past.
     delay_ticks: int
     # Sequence number of the chunk the rows come from.
     sequence: int
@@ -121,6 +141,12 @@ class _LatencyTracker:
         self.estimate: float | None = None
         self.delay_ticks = 0
 
+    def steps(self, rate_hz: float) -> int:
+        """Return the estimate in periods of ``rate_hz``, rounded up; 0 before the first sample."""
+        if self.estimate is None:
+            return 0
+        return math.ceil(self.estimate * rate_hz - _TICK_EPS)
+
     def add(self, delay: float) -> None:
         if self._to_skip > 0:
             self._to_skip -= 1
@@ -142,6 +168,10 @@ class ChunkExecutor(abc.ABC):
         self._config = config
         self._dt = config.dt
         self._rate = config.control_rate_hz
+        # Spacing of the actions in a chunk; equal rates take the nearest action, else interpolate.
+        self._chunk_rate = config.resolved_chunk_rate_hz
+        self._chunk_dt = config.chunk_dt
+        self._interpolate = self._chunk_rate != self._rate
         self._lock = threading.Lock()
         self._latency = _LatencyTracker(config.latency_window, config.latency_quantile,
                                         config.latency_skip_first, config.control_rate_hz)
@@ -162,6 +192,7 @@ class ChunkExecutor(abc.ABC):
         self._plan_step = 0
         self._last: tuple[AcceptedChunk, int, float] | None = None  # chunk, index, tick time
         self._received = self._discarded = self._dropped = self._skipped = self._holds = 0
+        self._too_old_count = 0
         self._reset_strategy()
 
     def add_chunk(self, actions: ActionChunk, obs_time: float, sequence: int) -> bool:
@@ -213,15 +244,17 @@ class ChunkExecutor(abc.ABC):
         """Return the counters and the latency estimate."""
         return ExecutorStats(
             chunks_received=self._received, chunks_discarded=self._discarded,
-            actions_dropped=self._dropped, ticks_skipped=self._skipped, holds=self._holds,
-            latency=self._latency.estimate, delay_ticks=self._latency.delay_ticks)
+            chunks_too_old=self._too_old_count, actions_dropped=self._dropped,
+            ticks_skipped=self._skipped, holds=self._holds, latency=self._latency.estimate,
+            delay_ticks=self._latency.delay_ticks)
 
     def guidance_target(self, obs_time: float) -> GuidanceTarget | None:
         """
         Return the current chunk's actions from ``obs_time`` on, for Real-Time Chunking.
 
         Call it when an inference starts from the observation stamped ``obs_time``; row 0 of the
-        result is aligned with row 0 of the chunk that inference will produce.
+        result is aligned with row 0 of the chunk that inference will produce (rows are chunk
+        steps of ``1 / chunk_rate_hz``; ``delay_ticks`` is in chunk steps too).
 
         Returns:
             None when there is no current chunk or it ends before ``obs_time``.
@@ -230,12 +263,13 @@ class ChunkExecutor(abc.ABC):
         chunk = self._plan_chunk()
         if chunk is None:
             return None
-        start = max(self._index(chunk, obs_time), 0)
+        start = max(self._nearest_index(chunk, obs_time), 0)
         if start >= chunk.length:
             return None
         return GuidanceTarget(actions=chunk.actions[start:],
-                              start_time=chunk.anchor + start * self._dt,
-                              delay_ticks=self._latency.delay_ticks, sequence=chunk.sequence)
+                              start_time=chunk.anchor + start * self._chunk_dt,
+                              delay_ticks=self._latency.steps(self._chunk_rate),
+                              sequence=chunk.sequence)
 
     # -- for the strategies -------------------------------------------------------------------
 
@@ -296,14 +330,40 @@ class ChunkExecutor(abc.ABC):
                 return planned
         return now
 
-    def _index(self, chunk: AcceptedChunk, time: float) -> int:
+    def _nearest_index(self, chunk: AcceptedChunk, time: float) -> int:
         """Return the index of the action of ``chunk`` nearest to ``time``."""
-        return math.floor((time - chunk.anchor) * self._rate + 0.5)
+        return math.floor((time - chunk.anchor) * self._chunk_rate + 0.5)
 
-    def _emit(self, chunk: AcceptedChunk, index: int, now: float) -> RobotAction:
+    def _index(self, chunk: AcceptedChunk, time: float) -> int:
+        """
+        Return the chunk step ``time`` falls in (< 0: before the chunk, >= H: after it).
+
+        Equal rates: the nearest action. Otherwise the action at or before ``time``; the tick
+        then interpolates from it towards the next one (see _sample).
+        """
+        if not self._interpolate:
+            return self._nearest_index(chunk, time)
+        return math.floor((time - chunk.anchor) * self._chunk_rate + _STEP_EPS)
+
+    def _sample(self, chunk: AcceptedChunk, index: int, time: float) -> RobotAction:
+        """Return the (D,) action of ``chunk`` at ``time``, which falls in step ``index``."""
+        actions = chunk.actions  # (H, D)
+        if not self._interpolate:
+            return actions[index]  # read-only view, no copy
+        fraction = (time - chunk.anchor) * self._chunk_rate - index  # in [-eps, 1 - eps)
+        if fraction <= _STEP_EPS or index + 1 >= chunk.length:
+            return actions[index]  # on an action, or holding the last one for its step
+        return actions[index] + fraction * (actions[index + 1] - actions[index])
+
+    def _record(self, chunk: AcceptedChunk, index: int, now: float) -> None:
+        """Advance the plan clock and remember where execution stands."""
         self._plan_step += 1
         self._last = (chunk, index, now)
-        return chunk.actions[index]  # read-only view, no copy
+
+    def _emit(self, chunk: AcceptedChunk, index: int, now: float, time: float) -> RobotAction:
+        """Record the tick and return the chunk's action for plan time ``time``."""
+        self._record(chunk, index, now)
+        return self._sample(chunk, index, time)
 
     def _hold(self) -> None:
         self._holds += 1
@@ -316,3 +376,7 @@ class ChunkExecutor(abc.ABC):
     def _remaining_after(self, chunk: AcceptedChunk, now: float) -> int:
         """Return how many actions of ``chunk`` remain from the next tick's plan time on."""
         return chunk.length - max(self._index(chunk, self._peek_plan_time(now)), 0)
+
+    def _steps_to_ticks(self, steps: int) -> float:
+        """Convert a number of chunk steps to control ticks (exact when the rates are equal)."""
+        return steps * self._rate / self._chunk_rate

@@ -23,6 +23,14 @@ STATE_KEY = 'state'
 PROMPT_KEY = 'prompt'
 NOISE_KEY = 'noise'
 
+# How the model's actions relate to the state (a property of the checkpoint's training):
+# 'robot' applies the robot config's per-joint ``action: delta | absolute``; 'absolute' treats
+# every dim as absolute (no delta transform), e.g. openpi's pi0_aloha_sim
+# (use_delta_joint_actions=False).
+ACTION_MODE_ROBOT = 'robot'
+ACTION_MODE_ABSOLUTE = 'absolute'
+ACTION_MODES = (ACTION_MODE_ROBOT, ACTION_MODE_ABSOLUTE)
+
 # An observation: {'images': {camera: (H, W, 3) uint8}, 'state': (N,), 'prompt': str,
 # optionally 'noise': (T, A)}.
 Observation = Mapping[str, Any]
@@ -48,6 +56,22 @@ class ModelInputs:
     prompt: TokenizedPrompt
 
 
+def check_action_mode(action_mode: str) -> None:
+    """
+    Check an action mode name.
+
+    Raises:
+        ValueError: not one of ACTION_MODES.
+
+    """
+    if action_mode not in ACTION_MODES:
+        raise ValueError(
+            f'Unknown action_mode {action_mode!r}; expected one of {list(ACTION_MODES)}: '
+            f'{ACTION_MODE_ROBOT!r} applies the per-joint delta/absolute actions of the robot '
+            f'config, {ACTION_MODE_ABSOLUTE!r} is for checkpoints trained on absolute actions '
+            '(e.g. openpi pi0_aloha_sim).')
+
+
 class Pi0Pipeline:
     """
     Assemble the input and output transforms of π0 for one embodiment adapter.
@@ -66,6 +90,7 @@ class Pi0Pipeline:
         num_cameras: int,
         state_dim: int,
         action_dim: int,
+        action_mode: str = ACTION_MODE_ROBOT,
     ) -> None:
         """
         Bind the transforms to an adapter and a model's sizes.
@@ -78,10 +103,12 @@ class Pi0Pipeline:
             num_cameras: number of model camera slots C.
             state_dim: model state width S (>= U).
             action_dim: model action width A (>= U).
+            action_mode: one of ACTION_MODES: 'robot' (the adapter's delta_mask) or 'absolute'
+                (no delta→absolute transform).
 
         Raises:
-            ValueError: the model is narrower than the unified layout, or a camera maps to a slot
-                the model does not have.
+            ValueError: the model is narrower than the unified layout, a camera maps to a slot
+                the model does not have, or an unknown action_mode.
 
         """
         self.adapter = adapter
@@ -106,7 +133,13 @@ class Pi0Pipeline:
                 f'distinct slots in 0..{usable - 1} for a model with '
                 f'{self.num_cameras} camera slots. Fix model_slot in the robot config.')
         self._cameras = {c.name: c for c in adapter.cameras}
-        self._delta_mask = np.asarray(adapter.delta_mask, dtype=bool)  # (U,)
+        check_action_mode(action_mode)
+        self.action_mode = action_mode
+        # (U,) unified dims the model outputs as offsets from the state.
+        self.delta_mask = np.asarray(adapter.delta_mask, dtype=bool).copy()
+        if action_mode == ACTION_MODE_ABSOLUTE:
+            self.delta_mask[:] = False
+        self.delta_mask.flags.writeable = False
 
     def prepare(self, observation: Observation) -> ModelInputs:
         """
@@ -151,7 +184,7 @@ class Pi0Pipeline:
         # Order: trim → unnormalize → delta→absolute → adapter.actions_from_unified
         actions = unified.trim(np.asarray(model_actions, np.float64), self.unified_dim)
         actions = self.normalizer.unnormalize_actions(actions)
-        actions = transforms.delta_to_absolute(actions, inputs.unified_state, self._delta_mask)
+        actions = transforms.delta_to_absolute(actions, inputs.unified_state, self.delta_mask)
         robot = np.asarray(self.adapter.actions_from_unified(actions), np.float64)
         return actions, robot
 

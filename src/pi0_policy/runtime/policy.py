@@ -24,7 +24,8 @@ from pi0_policy.model import checkpoint
 from pi0_policy.model.config import Pi0Config
 from pi0_policy.model.pi0 import build_empty, init_random, Pi0Model
 from pi0_policy.runtime import transforms
-from pi0_policy.runtime.pipeline import ModelInputs, NOISE_KEY, Observation, Pi0Pipeline
+from pi0_policy.runtime.pipeline import (
+    ACTION_MODE_ROBOT, check_action_mode, ModelInputs, NOISE_KEY, Observation, Pi0Pipeline)
 from pi0_policy.runtime.tokenizer import load_tokenizer, PromptTokenizer
 import torch
 
@@ -86,6 +87,17 @@ def _resolve_adapter(embodiment: str | Path | EmbodimentAdapter) -> EmbodimentAd
             f'embodiment must be a robot name, a robot config path or an EmbodimentAdapter, got '
             f'{type(embodiment).__name__}.')
     return embodiment
+
+
+def _choose_asset_id(asset_id: str | None, adapter: EmbodimentAdapter) -> tuple[str | None, str]:
+    """Return the norm-stats asset id to load (explicit, else the robot config's) and why."""
+    if asset_id is not None:
+        return asset_id, 'given explicitly'
+    robot_asset = adapter.config.norm_stats_asset_id
+    if robot_asset is not None:
+        return robot_asset, f'norm_stats_asset_id of robot config {adapter.config.source}'
+    return None, (f'none given and robot {adapter.name!r} names no norm_stats_asset_id: the only '
+                  'asset of the checkpoint')
 
 
 def tiny_config_for(adapter: EmbodimentAdapter) -> Pi0Config:
@@ -172,6 +184,7 @@ class Pi0Policy:
         tokenizer_path: str | Path | None = None,
         seed: int = 0,
         compile: bool = False,  # noqa: A002 (the name of the public option)
+        action_mode: str = ACTION_MODE_ROBOT,
     ) -> Pi0Policy:
         """
         Load a policy.
@@ -183,23 +196,38 @@ class Pi0Policy:
             device: torch device.
             dtype: 'float32' or 'bfloat16'.
             num_steps: denoising steps per inference.
-            asset_id: which ``assets/<id>/norm_stats.json`` to use (None: the only one).
+            asset_id: which ``assets/<id>/norm_stats.json`` to use; the id may be nested
+                (openpi names assets by dataset repo id, e.g.
+                ``lerobot/aloha_sim_transfer_cube_human``). None uses the robot config's
+                ``norm_stats_asset_id``, and when that is None too, the only asset present.
             tokenizer_path: explicit tokenizer ``.model`` (default: found in the checkpoint).
             seed: seed of the random init (tiny model) and of the sampling noise.
             compile: run the denoising step through torch.compile (first call compiles).
+            action_mode: how the checkpoint's actions relate to the state (pipeline
+                ACTION_MODES): 'robot' applies the robot config's per-joint delta/absolute
+                actions; 'absolute' applies no delta transform (checkpoints trained on
+                absolute actions, e.g. openpi pi0_aloha_sim).
 
         Returns:
             The ready policy.
 
         Raises:
-            ValueError: bad arguments, or a checkpoint without tokenizer or with ambiguous stats.
+            ValueError: bad arguments (dtype, action_mode), or a checkpoint without tokenizer,
+                without norm stats, without the chosen asset id or with ambiguous stats.
 
         """
         adapter = _resolve_adapter(embodiment)
         torch_dtype = _resolve_dtype(dtype)
         torch_device = torch.device(device)
+        check_action_mode(action_mode)
         start = time.perf_counter()
         info = None
+        if path is not None:
+            # Fail on the statistics before the (slow) weights are read.
+            asset_id, reason = _choose_asset_id(asset_id, adapter)
+            normalizer = transforms.Normalizer.from_checkpoint(path, asset_id)
+            _LOG.info('Norm stats asset %r (%s): %s', normalizer.asset_id, reason,
+                      normalizer.source)
         if path is None:
             config = tiny_config_for(adapter)
             model = init_random(build_empty(config, device=torch_device, dtype=torch_dtype),
@@ -214,12 +242,13 @@ class Pi0Policy:
             tokenizer = load_tokenizer(tokenizer_path=tokenizer_path, checkpoint_dir=path,
                                        vocab_size=config.vlm.vocab_size,
                                        max_len=config.max_token_len)
-            normalizer = transforms.Normalizer.from_checkpoint(path, asset_id)
         model.eval().requires_grad_(False)
         pipeline = Pi0Pipeline(
             adapter, tokenizer, normalizer, image_size=config.vision.image_size,
             num_cameras=config.num_cameras, state_dim=config.state_dim,
-            action_dim=config.action_dim)
+            action_dim=config.action_dim, action_mode=action_mode)
+        _LOG.info('Pi0Policy action_mode=%r: delta dims %s.', action_mode,
+                  np.flatnonzero(pipeline.delta_mask).tolist())
         return cls(model, config, pipeline, device=torch_device, dtype=torch_dtype,
                    num_steps=num_steps, seed=seed, compile=compile, checkpoint_info=info,
                    load_time_s=time.perf_counter() - start)
@@ -228,6 +257,16 @@ class Pi0Policy:
     def action_horizon(self) -> int:
         """Return the number of actions T per chunk."""
         return self.config.action_horizon
+
+    @property
+    def norm_stats_asset_id(self) -> str | None:
+        """Return the asset id whose norm stats are used (None: identity, tiny model)."""
+        return self.pipeline.normalizer.asset_id
+
+    @property
+    def action_mode(self) -> str:
+        """Return the action mode ('robot' or 'absolute', pipeline ACTION_MODES)."""
+        return self.pipeline.action_mode
 
     @property
     def is_closed(self) -> bool:

@@ -28,7 +28,8 @@ PIXEL_SCALE = np.float32(2.0 / UINT8_MAX)
 PIXEL_OFFSET = np.float32(1.0)
 # π0 normalization eps (spec §6.3), used by both directions of both modes.
 NORM_EPS = 1e-6
-# norm_stats.json layout: <checkpoint>/assets/<asset_id>/norm_stats.json.
+# norm_stats.json layout: <checkpoint>/assets/<asset_id>/norm_stats.json; openpi ids are dataset
+# repo ids, so <asset_id> may be nested ('lerobot/aloha_sim_transfer_cube_human').
 ASSETS_DIR_NAME = 'assets'
 NORM_STATS_FILE_NAME = 'norm_stats.json'
 NORM_STATS_ROOT_KEY = 'norm_stats'
@@ -306,16 +307,33 @@ def unnormalize(x: np.ndarray, stats: NormStats, mode: NormMode = NormMode.ZSCOR
 
 
 def list_asset_ids(checkpoint_dir: str | Path) -> list[str]:
-    """Return the asset ids under ``<checkpoint_dir>/assets`` that hold a norm_stats.json."""
+    """
+    Return the asset ids under ``<checkpoint_dir>/assets`` that hold a norm_stats.json.
+
+    openpi names assets by dataset repo id, so an id may be nested
+    (``lerobot/aloha_sim_transfer_cube_human``); ids are POSIX paths relative to ``assets/``.
+    """
     assets = Path(checkpoint_dir) / ASSETS_DIR_NAME
     if not assets.is_dir():
         return []
-    return sorted(p.name for p in assets.iterdir() if (p / NORM_STATS_FILE_NAME).is_file())
+    return sorted(path.parent.relative_to(assets).as_posix()
+                  for path in assets.rglob(NORM_STATS_FILE_NAME)
+                  if path.is_file() and path.parent != assets)
+
+
+def _check_asset_id(asset_id: str) -> None:
+    """Reject asset ids that would leave the assets folder."""
+    parts = Path(asset_id).parts
+    if not asset_id or Path(asset_id).is_absolute() or '..' in parts:
+        raise ValueError(
+            f'Asset id {asset_id!r} must be a non-empty path relative to the '
+            f'{ASSETS_DIR_NAME}/ folder of the checkpoint, without "..", e.g. "trossen" or '
+            '"lerobot/aloha_sim_transfer_cube_human".')
 
 
 def find_norm_stats(checkpoint_dir: str | Path, asset_id: str | None = None) -> Path | None:
     """
-    Locate ``<checkpoint_dir>/assets/<asset_id>/norm_stats.json``.
+    Locate ``<checkpoint_dir>/assets/<asset_id>/norm_stats.json`` (``asset_id`` may be nested).
 
     Args:
         checkpoint_dir: the checkpoint folder.
@@ -328,20 +346,26 @@ def find_norm_stats(checkpoint_dir: str | Path, asset_id: str | None = None) -> 
         ValueError: the asked asset id does not exist, or several exist and none was chosen.
 
     """
-    ids = list_asset_ids(checkpoint_dir)
+    assets = Path(checkpoint_dir) / ASSETS_DIR_NAME
     if asset_id is not None:
-        if asset_id not in ids:
-            raise ValueError(
-                f'Asset id {asset_id!r} has no {NORM_STATS_FILE_NAME} in '
-                f'{str(Path(checkpoint_dir) / ASSETS_DIR_NAME)!r}; available asset ids: {ids}.')
-        return Path(checkpoint_dir) / ASSETS_DIR_NAME / asset_id / NORM_STATS_FILE_NAME
+        _check_asset_id(asset_id)
+        path = assets / asset_id / NORM_STATS_FILE_NAME
+        if path.is_file():
+            return path
+        raise ValueError(
+            f'Asset id {asset_id!r} has no {NORM_STATS_FILE_NAME} in {str(assets)!r} '
+            f'(looked for {str(path)!r}); available asset ids: '
+            f'{list_asset_ids(checkpoint_dir)}. Choose one of them (asset_id) or copy '
+            f'{ASSETS_DIR_NAME}/{asset_id}/{NORM_STATS_FILE_NAME} of the training run into '
+            'the checkpoint.')
+    ids = list_asset_ids(checkpoint_dir)
     if not ids:
         return None
     if len(ids) > 1:
         raise ValueError(
             f'Checkpoint {str(checkpoint_dir)!r} has norm stats for several asset ids {ids}; '
-            'choose one with asset_id=<id>.')
-    return Path(checkpoint_dir) / ASSETS_DIR_NAME / ids[0] / NORM_STATS_FILE_NAME
+            'choose one with asset_id=<id> (or norm_stats_asset_id in the robot config).')
+    return assets / ids[0] / NORM_STATS_FILE_NAME
 
 
 def load_norm_stats(path: str | Path) -> dict[str, NormStats]:
@@ -378,6 +402,10 @@ class Normalizer:
     actions: NormStats | None = None
     # z-score for π0.
     mode: NormMode = NormMode.ZSCORE
+    # The norm_stats.json the statistics were read from; None for identity.
+    source: Path | None = None
+    # Its asset id (path of its folder relative to assets/); None for identity.
+    asset_id: str | None = None
 
     @classmethod
     def from_checkpoint(
@@ -385,26 +413,45 @@ class Normalizer:
         mode: NormMode = NormMode.ZSCORE,
     ) -> Normalizer:
         """
-        Load the statistics of a checkpoint (identity, logged, when it has none).
+        Load the statistics of a checkpoint.
+
+        Args:
+            checkpoint_dir: the checkpoint folder; None gives identity (the tiny random model).
+            asset_id: ``assets/<asset_id>/norm_stats.json`` to use (may be nested); None picks
+                the only one.
+            mode: normalization mode.
+
+        Returns:
+            The normalizer.
 
         Raises:
-            ValueError: see :func:`find_norm_stats`; a stats file without state or actions.
+            ValueError: the checkpoint has no norm stats, see :func:`find_norm_stats`, or a stats
+                file without state or actions.
 
         """
-        path = None if checkpoint_dir is None else find_norm_stats(checkpoint_dir, asset_id)
-        if path is None:
-            _LOG.warning(
-                'No %s for checkpoint %s: state and actions are NOT normalized (identity).',
-                NORM_STATS_FILE_NAME, checkpoint_dir)
+        if checkpoint_dir is None:
+            _LOG.warning('No checkpoint: state and actions are NOT normalized (identity).')
             return cls(mode=mode)
+        path = find_norm_stats(checkpoint_dir, asset_id)
+        if path is None:
+            raise ValueError(
+                f'Checkpoint {str(checkpoint_dir)!r} has no norm stats: no '
+                f'{ASSETS_DIR_NAME}/<asset_id>/{NORM_STATS_FILE_NAME} (at any depth) under '
+                f'{str(Path(checkpoint_dir) / ASSETS_DIR_NAME)!r}. π0 needs the state/action '
+                'statistics it was trained with; copy '
+                f'{ASSETS_DIR_NAME}/<asset_id>/{NORM_STATS_FILE_NAME} of the training run into '
+                'the checkpoint '
+                '(openpi: scripts/compute_norm_stats.py) and set asset_id to <asset_id>.')
         stats = load_norm_stats(path)
         missing = [k for k in (STATE_KEY, ACTIONS_KEY) if k not in stats]
         if missing:
             raise ValueError(
                 f'{str(path)!r} lacks statistics for {missing}; expected keys '
                 f'{[STATE_KEY, ACTIONS_KEY]}, got {sorted(stats)}.')
-        _LOG.info('Loaded norm stats %s (%s).', path, mode.value)
-        return cls(state=stats[STATE_KEY], actions=stats[ACTIONS_KEY], mode=mode)
+        chosen = path.parent.relative_to(Path(checkpoint_dir) / ASSETS_DIR_NAME).as_posix()
+        _LOG.info('Loaded norm stats of asset %r from %s (%s).', chosen, path, mode.value)
+        return cls(state=stats[STATE_KEY], actions=stats[ACTIONS_KEY], mode=mode, source=path,
+                   asset_id=chosen)
 
     @property
     def is_identity(self) -> bool:
