@@ -1,4 +1,13 @@
-"""Launch the simulated bimanual ALOHA (MuJoCo) driven by the pi0 policy node, optionally rviz."""
+"""
+Launch the simulated bimanual ALOHA (MuJoCo) driven by the pi0 policy node, optionally rviz.
+
+One argument, ``use_sim_time``, sets both the sim's ``sim_time`` (it publishes /clock) and every
+other node's ``use_sim_time``: the two must match, or the pi0 node waits on a clock that never
+comes (or stamps commands in another time base). Unlike ``pi0_sim_demo --time auto``, the launch
+file does not measure the machine: pass ``use_sim_time:=true`` where the sim cannot keep real
+time (its log then shows lag events); for a full checkpoint on a CPU also set ``strategy: sync``
+in config/sim_bimanual.yaml.
+"""
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
@@ -22,8 +31,9 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument('prompt', default_value='transfer the cube to the other arm',
                               description='Initial language instruction.'),
         DeclareLaunchArgument('use_sim_time', default_value='false',
-                              description='Run the sim on simulated time (/clock) when the '
-                              'machine cannot keep real time; all nodes follow it.'),
+                              description='Run the sim on simulated time (/clock, sim_time) '
+                              'when the machine cannot keep real time; sets use_sim_time of '
+                              'every node to match.'),
     ]
     sim = Node(
         package=PACKAGE, executable='aloha_sim_node', name='aloha_sim', output='screen',

@@ -3,7 +3,8 @@ Run the simulated ALOHA demo headless for a few seconds over real ROS 2, and tes
 
 The demo starts the sim node and the pi0 node (tiny random model) as processes; the test checks
 that commands flowed, the simulated joints moved and every command stayed within the limits of
-the robot config, and that the plot, video and summary were written.
+the robot config, and that the plot, video and summary were written. The first run lets the demo
+choose the clock (--time auto); a second, shorter one runs on simulated time in lockstep.
 """
 
 import json
@@ -12,11 +13,16 @@ import math
 from embodiment_adapters import load_robot_config
 import numpy as np
 from pi0_policy.ros import demo
+from pi0_policy.sim.aloha import SimCost
 from PIL import Image as PilImage
 import pytest
 import yaml
 
 DEMO_SECONDS = 5.0
+SIM_TIME_DEMO_SECONDS = 4.0
+CALIBRATION_SECONDS = 0.2
+# Relative tolerance of the control rate and the real-time factor on simulated time.
+RATE_TOLERANCE = 0.15
 # The random model's commands must move some simulated joint by more than this (rad).
 MIN_MOTION = 0.05
 
@@ -77,6 +83,53 @@ def test_outputs_written(result):
     assert params[demo.POLICY_NODE_NAME]['ros__parameters']['checkpoint'] == ''
 
 
+def test_auto_choices_are_reported_and_consistent(result):
+    demo_result, out = result
+    summary = demo_result.summary
+    assert summary['strategy'] == 'async'  # the tiny model: --strategy auto
+    calibration = summary['calibration']  # --time auto measured the sim
+    assert calibration['per_period_ms'] > 0.0 and calibration['period_ms'] == pytest.approx(20.0)
+    sim_time = calibration['load'] > demo.REAL_TIME_MAX_LOAD
+    assert summary['clock'] == ('simulated (/clock)' if sim_time else 'real time')
+    assert f"{calibration['load']:.0%}" in summary['clock_reason']
+    params = yaml.safe_load((out / demo.PARAMS_OUT_FILE).read_text())
+    assert params[demo.SIM_NODE_NAME]['ros__parameters']['sim_time'] is sim_time
+    assert params[demo.POLICY_NODE_NAME]['ros__parameters']['use_sim_time'] is sim_time
+    assert params[demo.POLICY_NODE_NAME]['ros__parameters']['strategy'] == 'async'
+
+
+def test_sim_time_run_moves_the_arms_in_lockstep(tmp_path):
+    """A short run on simulated time: the pi0 node follows /clock and the sim waits for it."""
+    lines: list[str] = []
+    run = demo.run_demo(demo.DemoOptions(duration=SIM_TIME_DEMO_SECONDS, output_dir=tmp_path,
+                                         video_format='gif', time_mode='sim',
+                                         strategy='sync'), log=lines.append)
+    summary = run.summary
+    assert summary['clock'] == 'simulated (/clock)' and summary['calibration'] is None
+    assert summary['strategy'] == 'sync'
+    assert any('clock: simulated (/clock), because requested with --time sim' in line
+               for line in lines)
+    assert summary['policy']['ticks'] > 0 and summary['inference']['chunks'] > 0
+    assert sum(summary['commands']['messages'].values()) > 0
+    assert max(report_motion(run).values()) > MIN_MOTION
+    assert run.violations == []
+    # The pi0 node ticks on /clock once per simulated control period (lockstep), and the sim
+    # never runs faster than real time (real_time_factor 1; a burst of catch-up steps at most).
+    policy = summary['policy']
+    assert policy['control_rate_achieved_hz'] == pytest.approx(
+        policy['control_rate_target_hz'], rel=RATE_TOLERANCE)
+    sim = summary['sim']
+    assert sim['steps'] > 0 and sim['lag_events'] == 0
+    assert sim['real_time_factor'] <= 1.0 + RATE_TOLERANCE
+    params = yaml.safe_load((tmp_path / demo.PARAMS_OUT_FILE).read_text())
+    assert params[demo.POLICY_NODE_NAME]['ros__parameters']['use_sim_time'] is True
+
+
+def report_motion(run):
+    """Return the measured range of every joint of a run."""
+    return {name: np.ptp([v for _, v in samples]) for name, samples in run.measured.items()}
+
+
 def test_limit_violations_counts_values_outside():
     adapter = type('A', (), {'action_names': ('a', 'b'), 'lower': np.array([0.0, -1.0]),
                              'upper': np.array([1.0, 1.0])})()
@@ -86,24 +139,82 @@ def test_limit_violations_counts_values_outside():
 
 def test_options_and_arguments():
     options = demo.parse_args(['--duration', '3', '--output-dir', 'x', '--prompt', 'wave',
-                               '--sim-time', '--video', 'gif'])
-    assert (options.duration, str(options.output_dir), options.prompt, options.sim_time,
-            options.video_format) == (3.0, 'x', 'wave', True, 'gif')
+                               '--time', 'sim', '--strategy', 'ensemble', '--video', 'gif'])
+    assert (options.duration, str(options.output_dir), options.prompt, options.time_mode,
+            options.strategy, options.video_format) == (3.0, 'x', 'wave', 'sim', 'ensemble',
+                                                        'gif')
+    defaults = demo.parse_args([])
+    assert (defaults.time_mode, defaults.strategy) == ('auto', 'auto')
     with pytest.raises(ValueError, match=r'duration \(0.0\) must be > 0'):
         demo.DemoOptions(duration=0.0)
     with pytest.raises(ValueError, match="video_format 'avi' must be one of"):
         demo.DemoOptions(video_format='avi')
+    with pytest.raises(ValueError, match="time_mode 'wall' must be one of"):
+        demo.DemoOptions(time_mode='wall')
+    with pytest.raises(ValueError, match="strategy 'fast' must be one of"):
+        demo.DemoOptions(strategy='fast')
 
 
-def test_params_file_sets_sim_time_for_both_nodes(tmp_path):
-    params = demo.write_params(demo.DemoOptions(sim_time=True, prompt='yes'),
-                               tmp_path / 'p.yaml')
+def test_params_file_sets_sim_time_and_strategy_for_both_nodes(tmp_path):
+    params = demo.write_params(demo.DemoOptions(prompt='yes'), tmp_path / 'p.yaml',
+                               sim_time=True, strategy='sync')
     reread = yaml.safe_load((tmp_path / 'p.yaml').read_text())
     assert reread == params
     assert reread[demo.SIM_NODE_NAME]['ros__parameters']['sim_time'] is True
     policy = reread[demo.POLICY_NODE_NAME]['ros__parameters']
     assert policy['use_sim_time'] is True and policy['prompt'] == 'yes'
-    assert policy['autostart'] is True
+    assert policy['autostart'] is True and policy['strategy'] == 'sync'
+    real = demo.write_params(demo.DemoOptions(), tmp_path / 'p.yaml', sim_time=False,
+                             strategy='async')
+    assert real[demo.SIM_NODE_NAME]['ros__parameters']['sim_time'] is False
+    assert real[demo.POLICY_NODE_NAME]['ros__parameters']['use_sim_time'] is False
+    with pytest.raises(ValueError, match="strategy 'auto' must be one of"):
+        demo.write_params(demo.DemoOptions(), tmp_path / 'p.yaml', sim_time=False,
+                          strategy='auto')
+
+
+def _cost(frame_ms: float) -> SimCost:
+    """Return a sim cost at 50 Hz with a 0.4 ms step and a camera frame every 5 periods."""
+    return SimCost(period=0.02, step_s=0.0004, frame_s=frame_ms / 1000.0, steps_per_frame=5)
+
+
+def test_choose_clock_auto_picks_real_time_only_with_room_to_spare():
+    fits = demo.choose_clock('auto', _cost(frame_ms=23.0))  # 5.0 ms of 20: 25 %
+    assert fits.sim_time is False and fits.label == 'real time'
+    assert '5.0 ms per 20 ms control period (25%' in fits.reason and '50%' in fits.reason
+    edge = demo.choose_clock('auto', _cost(frame_ms=48.0))  # 10.0 ms of 20: exactly 50 %
+    assert edge.sim_time is False
+    slow = demo.choose_clock('auto', _cost(frame_ms=60.0))  # 12.4 ms of 20: 62 %
+    assert slow.sim_time is True and slow.label == 'simulated (/clock)'
+    assert '(62%' in slow.reason and 'more than the 50%' in slow.reason
+    assert demo.choose_clock('auto', _cost(frame_ms=60.0), max_load=0.7).sim_time is False
+    heavy = demo.choose_clock('auto', None, cpu_checkpoint=True)
+    assert heavy.sim_time is True and 'checkpoint on the CPU' in heavy.reason
+    assert demo.choose_clock('real', _cost(frame_ms=500.0)).sim_time is False
+    assert demo.choose_clock('sim', None).sim_time is True
+    with pytest.raises(ValueError, match="'auto' needs the measured sim cost"):
+        demo.choose_clock('auto', None)
+    with pytest.raises(ValueError, match="Time mode 'wall' is not one of"):
+        demo.choose_clock('wall', None)
+
+
+def test_choose_strategy():
+    assert demo.choose_strategy('auto', '', 'cpu')[0] == 'async'  # tiny model
+    assert demo.choose_strategy('auto', '/ckpt', 'cpu')[0] == 'sync'
+    assert demo.choose_strategy('auto', '/ckpt', 'cuda:0')[0] == 'async'
+    assert demo.choose_strategy('ensemble', '/ckpt', 'cpu') == (
+        'ensemble', 'requested with --strategy ensemble')
+    with pytest.raises(ValueError, match="Strategy 'fast' is not one of"):
+        demo.choose_strategy('fast', '', 'cpu')
+
+
+def test_calibrate_measures_the_sim_with_its_settings():
+    sim_params = demo.load_params()[demo.SIM_NODE_NAME]['ros__parameters']
+    cost = demo.calibrate({**sim_params, 'image_height': 48, 'image_width': 64},
+                          seconds=CALIBRATION_SECONDS)
+    assert cost.period == pytest.approx(0.02) and cost.steps_per_frame == 5  # 10 Hz cameras
+    assert cost.step_s > 0.0 and cost.frame_s > 0.0
+    assert cost.per_period_s == pytest.approx(cost.step_s + cost.frame_s / 5)
 
 
 def test_policy_node_name_matches_the_node():

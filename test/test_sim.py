@@ -9,16 +9,19 @@ from embodiment_adapters import load_adapter, load_robot_config
 import numpy as np
 from pi0_msgs.msg import PolicyStatus
 from pi0_policy.ros import conversions
-from pi0_policy.ros.sim_node import AlohaSimNode, build_routes, parse_mapping
+from pi0_policy.ros.sim_node import (AlohaSimNode, build_routes, CLOCK_TOPIC,
+                                     config_from_values, LOCKSTEP_TIMEOUT, parse_mapping)
 from pi0_policy.sim import report
 from pi0_policy.sim.aloha import (
     AlohaSim, AlohaSimConfig, ARM_DOF, GripperCalibration, INTERBOTIX_ROS2_GRIPPER,
-    select_headless_gl, STATE_JOINT_NAMES, TOP_CAMERA, TrajectoryTarget)
+    measure_cost, select_headless_gl, SimCost, STATE_JOINT_NAMES, steps_per_frame, TOP_CAMERA,
+    TrajectoryTarget)
 from PIL import Image as PilImage
 import pytest
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
+from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray
 
@@ -241,6 +244,85 @@ def test_sim_node_serves_the_aloha_interfaces():
         rclpy.try_shutdown(context=context)
 
 
+def test_measure_cost_times_steps_and_frames(sim):
+    encoded = []
+    cost = measure_cost(sim, [TOP_CAMERA, 'left_wrist'], 5, seconds=0.1, encode=encoded.append)
+    assert cost.period == sim.config.control_period and cost.steps_per_frame == 5
+    assert 0.0 < cost.step_s < cost.period and cost.frame_s > 0.0
+    assert len(encoded) >= 4 and encoded[0].shape == (SMALL['image_height'],
+                                                      SMALL['image_width'], 3)
+    assert cost.per_period_s == pytest.approx(cost.step_s + cost.frame_s / 5)
+    assert cost.load == pytest.approx(cost.per_period_s / cost.period)
+    no_cameras = measure_cost(sim, [], 1, seconds=0.01)
+    assert no_cameras.frame_s == 0.0 and no_cameras.per_period_s == no_cameras.step_s
+    with pytest.raises(ValueError, match='frame_steps >= 1 and seconds > 0; got 0 and 1.0'):
+        measure_cost(sim, [], 0, seconds=1.0)
+    sim.reset()
+
+
+def test_steps_per_frame_and_sim_cost():
+    assert steps_per_frame(0.02, 10.0) == 5
+    assert steps_per_frame(0.02, 60.0) == 1  # never more than one frame per step
+    with pytest.raises(ValueError, match=r'camera_rate_hz \(0.0 Hz\) must both be > 0'):
+        steps_per_frame(0.02, 0.0)
+    cost = SimCost(period=0.02, step_s=0.001, frame_s=0.03, steps_per_frame=5)
+    assert cost.per_period_s == pytest.approx(0.007) and cost.load == pytest.approx(0.35)
+
+
+def test_config_from_values_defaults_and_errors():
+    config, robot = config_from_values({'sim_time': True, 'lockstep_lead': 0.05})
+    assert robot.name == 'aloha' and config.sim.control_period == pytest.approx(0.02)
+    assert config.camera_map['cam_high'] == TOP_CAMERA
+    assert config.lockstep_periods == 2  # 0.05 s at 50 Hz: two whole periods
+    assert config_from_values({'sim_time': False})[0].lockstep_periods == 0  # real time
+    assert config_from_values({'sim_time': True, 'lockstep_lead': 0.0})[0].lockstep_periods == 0
+    with pytest.raises(ValueError, match=r"Unknown aloha_sim parameters \['colour'\]"):
+        config_from_values({'colour': 'red'})
+    with pytest.raises(ValueError, match=r"names cameras \['cam_nose'\]"):
+        config_from_values({'camera_map': 'cam_nose=top'})
+
+
+def test_sim_time_node_publishes_clock_and_waits_for_commands():
+    """On simulated time the sim runs freely until commands come, then keeps lockstep."""
+    robot = load_robot_config('aloha')
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    sim = AlohaSimNode(context=context, parameter_overrides=[
+        Parameter('image_height', value=SMALL['image_height']),
+        Parameter('image_width', value=SMALL['image_width']),
+        Parameter('sim_time', value=True), Parameter('real_time_factor', value=5.0),
+        Parameter('lockstep_lead', value=0.02)])
+    probe = rclpy.create_node('sim_time_probe', context=context)
+    clocks: list[int] = []
+    probe.create_subscription(ClockMsg, CLOCK_TOPIC, lambda m: clocks.append(
+        m.clock.sec * 1_000_000_000 + m.clock.nanosec), 100)
+    grip_pub = probe.create_publisher(Float64MultiArray, robot.commands[1].topic, 10)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(sim)
+    executor.add_node(probe)
+    period_ns = round(sim.config.sim.control_period * 1e9)
+    try:
+        # No command yet: free running, faster than real time, on the control-period grid.
+        assert _spin_until(executor, lambda: len(clocks) > 20)
+        assert all(c % period_ns == 0 for c in clocks) and clocks == sorted(clocks)
+        grip_pub.publish(conversions.float64_multi_array(
+            np.array([INTERBOTIX_ROS2_GRIPPER.joint_open])))
+        assert _spin_until(executor, lambda: sim.stats()['commands'] == 1)
+        # One period past the command's step at most, and no further while no command comes.
+        _spin_until(executor, lambda: False, timeout=0.2)
+        held = sim.stats()['steps']
+        _spin_until(executor, lambda: False, timeout=LOCKSTEP_TIMEOUT / 2)
+        assert sim.stats()['steps'] == held and sim.stats()['lockstep_waits'] >= 1
+        # Commands stopped: after LOCKSTEP_TIMEOUT the sim runs on freely.
+        assert _spin_until(executor, lambda: sim.stats()['steps'] > held + 10)
+        assert sim.stats()['lag_events'] == 0
+    finally:
+        executor.shutdown()
+        probe.destroy_node()
+        sim.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
 # -- report writers (pi0_policy.sim.report) ----------------------------------------------------
 
 REPORT_FRAMES = 4
@@ -302,5 +384,19 @@ def test_report_summary_numbers_file_and_printout(tmp_path):
     report.log_summary(summary, lambda line: print(line, file=printed))
     text = printed.getvalue()
     assert 'control ticks 100, achieved 49.5 Hz of 50 Hz; commands 50.0 msg/s' in text
-    assert 'latency p50 200 ms' in text and 'sim: 10 steps (nan Hz' in text
+    assert 'latency p50 200 ms' in text and 'sim: 10 steps = nan s simulated (nan Hz' in text
     assert all(math.isnan(v) for v in report.percentiles_ms([]).values())
+
+
+def test_window_stats_counts_only_the_recorded_window():
+    first = {'steps': 100.0, 'lag_events': 3.0, 'sim_time': 2.0, 'wall_time': 4.0,
+             'render_ms_mean': 9.0}
+    last = {'steps': 350.0, 'lag_events': 3.0, 'sim_time': 7.0, 'wall_time': 9.0,
+            'render_ms_mean': 10.0, 'step_rate_hz': 38.9, 'real_time_factor': 0.78}
+    window = report.window_stats(first, last)
+    assert window['steps'] == 250.0 and window['lag_events'] == 0.0
+    assert window['step_rate_hz'] == pytest.approx(50.0)  # 250 steps in 5 s
+    assert window['real_time_factor'] == pytest.approx(1.0)  # 5 s simulated in 5 s
+    assert window['render_ms_mean'] == 10.0  # not a counter: the last value
+    assert report.window_stats({}, last)['steps'] == 350.0  # no first report: since the start
+    assert report.window_stats({}, {}) == {}

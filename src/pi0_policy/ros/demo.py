@@ -1,16 +1,30 @@
 """
 Run the simulated bimanual ALOHA driven by the pi0 node for a bounded time and report on it.
 
-``pi0_sim_demo --duration S --output-dir DIR [--checkpoint PATH] [--prompt TEXT]`` starts the sim
-node (``aloha_sim``) and the pi0 node with the bimanual ALOHA config (the tiny random model when no
-checkpoint is given, so the arms move meaninglessly) as two processes -- each has its own GIL,
-which a 2-core machine needs -- with the parameters of ``config/sim_bimanual.yaml``. A recorder
-node in this process listens on the topics a real robot would. The demo waits until the pi0 node
+``pi0_sim_demo --duration S --output-dir DIR [--checkpoint PATH] [--prompt TEXT] [--time MODE]
+[--strategy NAME]`` starts the sim node (``aloha_sim``) and the pi0 node with the bimanual ALOHA
+config (the tiny random model when no checkpoint is given, so the arms move meaninglessly) as two
+processes -- each has its own GIL, which a 2-core machine needs -- with the parameters of
+``config/sim_bimanual.yaml``. A recorder node in this process listens on the topics a real robot
+would. The demo waits until the pi0 node
 is active (autostart), enables it through ``~/enable``, runs for the duration, stops both
 processes with SIGINT, prints a summary and writes to the output folder ``summary.json``,
 ``joints.png`` (commanded vs measured joints over time), ``top_camera.mp4`` (or ``.gif``), the
 parameters used (``params.yaml``) and one log per node; :mod:`pi0_policy.sim.report` writes the
 plot, video and summary.
+
+Clock (``--time auto|real|sim``, default auto): before starting the nodes the demo measures what
+the sim costs per control period on this machine (``calibrate``: physics step plus the camera
+frames amortised over their rate, with the sim's own settings, for about a second) and runs in
+real time when that is at most ``REAL_TIME_MAX_LOAD`` of the period -- the rest is left to the
+pi0 node, ROS message transport and the recorder, which share the CPU -- and otherwise on
+simulated time: the sim publishes ``/clock`` and steps in lockstep with the pi0 node's commands
+(see :mod:`pi0_policy.ros.sim_node`), and the pi0 node gets ``use_sim_time``. A full checkpoint on
+the CPU always runs on simulated time (its inference takes seconds and loads every core).
+
+Chunk strategy (``--strategy``, default auto): ``async`` for the tiny model or an accelerator;
+``sync`` for a checkpoint on the CPU, whose seconds-long inference would leave async only stale
+actions: the robot holds while the model infers, executes ``execute_steps`` actions, repeats.
 """
 
 import argparse
@@ -33,8 +47,12 @@ from lifecycle_msgs.srv import GetState
 import numpy as np
 from pi0_msgs.msg import ActionChunk, PolicyStatus
 from pi0_policy.ros import conversions
+from pi0_policy.ros.sim_node import config_from_values as sim_config_from_values
 from pi0_policy.ros.sim_node import DIAGNOSTIC_NAME, NODE_NAME as SIM_NODE_NAME
+from pi0_policy.runtime.chunking import available_strategies
 from pi0_policy.sim import report
+from pi0_policy.sim.aloha import (AlohaSim, CALIBRATION_SECONDS, measure_cost, SimCost,
+                                  steps_per_frame)
 # Re-exported: the report writers and their file names lived here before pi0_policy.sim.report.
 from pi0_policy.sim.report import (  # noqa: F401
     DemoResult, LIMIT_TOLERANCE, limit_violations, PLOT_FILE, SUMMARY_FILE, VIDEO_FORMATS,
@@ -74,6 +92,21 @@ CLEAN_EXIT_CODES = (0, -signal.SIGINT)
 # Camera frames kept for the video (10 Hz x 60 s).
 MAX_FRAMES = 600
 ACTIVE_LABEL = 'active'
+# Clock modes of --time: measure and choose, real time, simulated time (/clock).
+TIME_AUTO, TIME_REAL, TIME_SIM = 'auto', 'real', 'sim'
+TIME_MODES = (TIME_AUTO, TIME_REAL, TIME_SIM)
+# --strategy auto picks one of these; the others are the chunk executors' names.
+STRATEGY_AUTO = 'auto'
+STRATEGY_CPU_CHECKPOINT = 'sync'
+STRATEGY_DEFAULT = 'async'
+STRATEGIES = (STRATEGY_AUTO,) + tuple(available_strategies())
+CPU_DEVICE = 'cpu'
+# Real time only when the sim needs at most this fraction of each control period (measured
+# physics + rendering + message encoding). The rest of the period is for what the calibration
+# does not measure but shares the CPU with the sim: the pi0 node's control loop and inference,
+# DDS transport of the images, the recorder. Above it, simulated time.
+REAL_TIME_MAX_LOAD = 0.5
+MS = 1000.0
 
 
 @dataclass(frozen=True)
@@ -90,8 +123,10 @@ class DemoOptions:
     prompt: str = DEFAULT_PROMPT
     # Torch device of the policy.
     device: str = 'cpu'
-    # Run on simulated time with /clock instead of real time.
-    sim_time: bool = False
+    # Clock: 'auto' (measure the sim and choose), 'real' or 'sim' (simulated time, /clock).
+    time_mode: str = TIME_AUTO
+    # Chunk execution strategy of the pi0 node, or 'auto' (see choose_strategy).
+    strategy: str = STRATEGY_AUTO
     # Video container: 'mp4' (small; needs ffmpeg from imageio-ffmpeg) or 'gif'.
     video_format: str = 'mp4'
     # Seconds the pi0 node may take to load and become active.
@@ -104,6 +139,159 @@ class DemoOptions:
         if self.video_format not in VIDEO_FORMATS:
             raise ValueError(f'video_format {self.video_format!r} must be one of '
                              f'{list(VIDEO_FORMATS)}.')
+        if self.time_mode not in TIME_MODES:
+            raise ValueError(f'time_mode {self.time_mode!r} must be one of {list(TIME_MODES)}.')
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f'strategy {self.strategy!r} must be one of {list(STRATEGIES)}.')
+
+
+@dataclass(frozen=True)
+class ClockChoice:
+    """Which clock the nodes run on, and why."""
+
+    # True: simulated time (/clock, use_sim_time); False: real time.
+    sim_time: bool
+    # One sentence for the printout and the summary.
+    reason: str
+
+    @property
+    def label(self) -> str:
+        """Return 'simulated (/clock)' or 'real time'."""
+        return 'simulated (/clock)' if self.sim_time else 'real time'
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What the demo decided before starting the nodes."""
+
+    clock: ClockChoice
+    # Chunk strategy of the pi0 node and why.
+    strategy: str
+    strategy_reason: str
+    # The sim's measured cost (None when the clock was not measured).
+    cost: SimCost | None = None
+
+
+def is_cpu_checkpoint(checkpoint: str, device: str) -> bool:
+    """Return whether a real checkpoint (full pi0: seconds per inference) runs on the CPU."""
+    return bool(checkpoint) and device.split(':')[0] == CPU_DEVICE
+
+
+def choose_clock(requested: str, cost: SimCost | None, *, cpu_checkpoint: bool = False,
+                 max_load: float = REAL_TIME_MAX_LOAD) -> ClockChoice:
+    """
+    Choose real or simulated time for the sim and the pi0 node.
+
+    Args:
+        requested: 'real' or 'sim' (taken as given), or 'auto'.
+        cost: The sim's measured cost per control period (needed by 'auto' unless
+            ``cpu_checkpoint``).
+        cpu_checkpoint: A full checkpoint infers on the CPU ('auto' then picks simulated time).
+        max_load: 'auto' picks real time when ``cost.load`` is at most this.
+
+    Returns:
+        The choice and its reason.
+
+    Raises:
+        ValueError: ``requested`` is not a time mode, or 'auto' has no cost to decide on.
+
+    """
+    if requested not in TIME_MODES:
+        raise ValueError(f'Time mode {requested!r} is not one of {list(TIME_MODES)}.')
+    if requested != TIME_AUTO:
+        return ClockChoice(requested == TIME_SIM, f'requested with --time {requested}')
+    if cpu_checkpoint:
+        return ClockChoice(True, 'a full pi0 checkpoint on the CPU takes seconds per inference '
+                           'and loads every core, so the sim runs in lockstep with the pi0 node')
+    if cost is None:
+        raise ValueError("Time mode 'auto' needs the measured sim cost; calibrate first or pass "
+                         '--time real or --time sim.')
+    measured = (f'the sim needs {cost.per_period_s * MS:.1f} ms per {cost.period * MS:.0f} ms '
+                f'control period ({cost.load:.0%}; step {cost.step_s * MS:.2f} ms, cameras '
+                f'{cost.frame_s * MS:.1f} ms every {cost.steps_per_frame} periods)')
+    if cost.load <= max_load:
+        return ClockChoice(False, f'{measured}, within the {max_load:.0%} that leaves the rest '
+                           'for the pi0 node and ROS')
+    return ClockChoice(True, f'{measured}, more than the {max_load:.0%} that real time '
+                       'allows next to the pi0 node and ROS')
+
+
+def choose_strategy(requested: str, checkpoint: str, device: str) -> tuple[str, str]:
+    """
+    Choose the pi0 node's chunk strategy.
+
+    Args:
+        requested: A strategy name (taken as given) or 'auto'.
+        checkpoint: Checkpoint folder ('' for the tiny random model).
+        device: Torch device of the policy.
+
+    Returns:
+        The strategy and the reason for it.
+
+    Raises:
+        ValueError: ``requested`` is neither 'auto' nor a strategy.
+
+    """
+    if requested not in STRATEGIES:
+        raise ValueError(f'Strategy {requested!r} is not one of {list(STRATEGIES)}.')
+    if requested != STRATEGY_AUTO:
+        return requested, f'requested with --strategy {requested}'
+    if is_cpu_checkpoint(checkpoint, device):
+        return STRATEGY_CPU_CHECKPOINT, ('a full checkpoint on the CPU infers for seconds: the '
+                                         'robot holds while it infers, then executes the chunk')
+    return STRATEGY_DEFAULT, ('the model infers within a chunk: the next chunk is computed '
+                              'while the current one executes')
+
+
+def calibrate(sim_values: dict[str, Any], seconds: float = CALIBRATION_SECONDS) -> SimCost:
+    """
+    Measure the sim's cost per control period with the sim node's own settings.
+
+    Args:
+        sim_values: The sim node's parameters (the ``aloha_sim`` section of the params file).
+        seconds: Wall seconds to measure for.
+
+    Returns:
+        Step and camera-frame costs (frames include the ROS image message encoding).
+
+    """
+    config, _ = sim_config_from_values(sim_values)
+    sim = AlohaSim(config.sim)
+    try:
+        return measure_cost(
+            sim, list(config.camera_map.values()),
+            steps_per_frame(config.sim.control_period, config.camera_rate_hz),
+            seconds=seconds, encode=conversions.rgb_to_image)
+    finally:
+        sim.close()
+
+
+def plan_run(options: DemoOptions, params: dict[str, Any],
+             log: Callable[[str], None] = print) -> RunPlan:
+    """
+    Choose the chunk strategy and the clock (calibrating the sim when needed) and print them.
+
+    Args:
+        options: The demo options.
+        params: The node parameters, keyed by node name (``sim_bimanual.yaml``).
+        log: Where the choices are printed.
+
+    Returns:
+        The plan.
+
+    """
+    strategy, strategy_reason = choose_strategy(options.strategy, options.checkpoint,
+                                                options.device)
+    cpu_checkpoint = is_cpu_checkpoint(options.checkpoint, options.device)
+    cost = None
+    if options.time_mode == TIME_AUTO and not cpu_checkpoint:
+        log('pi0_sim_demo: measuring the sim on this machine (about '
+            f'{CALIBRATION_SECONDS:g} s) to choose real or simulated time')
+        cost = calibrate(params.get(SIM_NODE_NAME, {}).get(ROS_PARAMETERS_KEY, {}))
+    clock = choose_clock(options.time_mode, cost, cpu_checkpoint=cpu_checkpoint)
+    log(f'pi0_sim_demo: clock: {clock.label}, because {clock.reason}')
+    log(f'pi0_sim_demo: chunk strategy: {strategy}, because {strategy_reason}')
+    return RunPlan(clock, strategy, strategy_reason, cost)
 
 
 def find_params_file(name: str = PARAMS_FILE) -> pathlib.Path:
@@ -139,7 +327,9 @@ class DemoRecorder(Node):
         self.latencies: list[float] = []
         self.status: PolicyStatus | None = None
         self.states_seen: dict[str, int] = defaultdict(int)
+        # The sim's last diagnostics values, and those when the clock was restarted.
         self.sim_stats: dict[str, float] = {}
+        self.sim_stats_at_start: dict[str, float] = {}
         self._recording = True
         for spec in adapter.commands:
             msg_type = (JointTrajectory if spec.type == CommandType.JOINT_TRAJECTORY
@@ -169,6 +359,7 @@ class DemoRecorder(Node):
                 records.clear()
             self.frames.clear()
             self.latencies.clear()
+            self.sim_stats_at_start = dict(self.sim_stats)
 
     def stop_recording(self) -> float:
         """Ignore further messages; return the seconds recorded."""
@@ -224,7 +415,8 @@ class DemoRecorder(Node):
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
             if status.name == DIAGNOSTIC_NAME and self._recording:
-                self.sim_stats = {kv.key: float(kv.value) for kv in status.values}
+                with self._lock:
+                    self.sim_stats = {kv.key: float(kv.value) for kv in status.values}
 
 
 def call_service(client: Any, request: Any, what: str) -> Any:
@@ -251,21 +443,40 @@ def _package_root() -> pathlib.Path:
     return pathlib.Path(__file__).resolve().parents[2]
 
 
-def write_params(options: DemoOptions, path: pathlib.Path) -> dict[str, Any]:
+def load_params() -> dict[str, Any]:
+    """Return the node parameters of ``sim_bimanual.yaml``, keyed by node name."""
+    params = yaml.safe_load(find_params_file().read_text())
+    for node in (POLICY_NODE_NAME, SIM_NODE_NAME):
+        params.setdefault(node, {}).setdefault(ROS_PARAMETERS_KEY, {})
+    return params
+
+
+def write_params(options: DemoOptions, path: pathlib.Path, *, sim_time: bool,
+                 strategy: str) -> dict[str, Any]:
     """
     Write the node parameters of this run (``sim_bimanual.yaml`` plus options) to ``path``.
+
+    Args:
+        options: Checkpoint, prompt and device of the pi0 node.
+        path: File to write.
+        sim_time: Simulated time: ``sim_time`` of the sim and ``use_sim_time`` of the pi0 node.
+        strategy: Chunk strategy of the pi0 node (not 'auto').
 
     Returns:
         The parameters, keyed by node name.
 
+    Raises:
+        ValueError: ``strategy`` is not a chunk strategy.
+
     """
-    params = yaml.safe_load(find_params_file().read_text())
-    policy = params.setdefault(POLICY_NODE_NAME, {}).setdefault(ROS_PARAMETERS_KEY, {})
-    policy.update(checkpoint=options.checkpoint, prompt=options.prompt, device=options.device)
-    sim = params.setdefault(SIM_NODE_NAME, {}).setdefault(ROS_PARAMETERS_KEY, {})
-    sim['sim_time'] = options.sim_time
-    if options.sim_time:
-        policy['use_sim_time'] = True
+    if strategy not in STRATEGIES[1:]:
+        raise ValueError(f'strategy {strategy!r} must be one of {list(STRATEGIES[1:])}; '
+                         'resolve auto with choose_strategy first.')
+    params = load_params()
+    policy = params[POLICY_NODE_NAME][ROS_PARAMETERS_KEY]
+    policy.update(checkpoint=options.checkpoint, prompt=options.prompt, device=options.device,
+                  strategy=strategy, use_sim_time=sim_time)
+    params[SIM_NODE_NAME][ROS_PARAMETERS_KEY]['sim_time'] = sim_time
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return params
 
@@ -342,7 +553,9 @@ def run_demo(options: DemoOptions, *, log: Callable[[str], None] = print) -> Dem
     """
     out = options.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    params = write_params(options, out / PARAMS_OUT_FILE)
+    plan = plan_run(options, load_params(), log)
+    params = write_params(options, out / PARAMS_OUT_FILE, sim_time=plan.clock.sim_time,
+                          strategy=plan.strategy)
     robot = params[POLICY_NODE_NAME][ROS_PARAMETERS_KEY].get('robot', DEFAULT_ROBOT)
     adapter = make_adapter(load_robot_config(robot))
     top = next(cam for cam in adapter.cameras if cam.model_slot == 0)
@@ -379,11 +592,11 @@ def run_demo(options: DemoOptions, *, log: Callable[[str], None] = print) -> Dem
         spinner.join(STOP_TIMEOUT)
         recorder.destroy_node()
         rclpy.try_shutdown(context=context)
-    return _report(options, adapter, recorder, wall, log)
+    return _report(options, plan, adapter, recorder, wall, log)
 
 
-def _report(options: DemoOptions, adapter: Any, recorder: DemoRecorder, wall: float,
-            log: Callable[[str], None]) -> DemoResult:
+def _report(options: DemoOptions, plan: RunPlan, adapter: Any, recorder: DemoRecorder,
+            wall: float, log: Callable[[str], None]) -> DemoResult:
     """Summarise the records, write the output files and print the summary."""
     names = list(adapter.action_names)
     violations = limit_violations(adapter, recorder.commands)
@@ -391,13 +604,21 @@ def _report(options: DemoOptions, adapter: Any, recorder: DemoRecorder, wall: fl
     out = options.output_dir
     video = report.write_media(out, names, recorder.commands, recorder.measured,
                                recorder.frames, wall, options.video_format)
+    cost = plan.cost
     run = {'checkpoint': options.checkpoint or 'tiny random model', 'prompt': options.prompt,
-           'clock': 'simulated (/clock)' if options.sim_time else 'real time'}
+           'clock': plan.clock.label, 'clock_reason': plan.clock.reason,
+           'strategy': plan.strategy, 'strategy_reason': plan.strategy_reason,
+           'calibration': None if cost is None else {
+               'step_ms': cost.step_s * MS, 'frame_ms': cost.frame_s * MS,
+               'steps_per_frame': cost.steps_per_frame, 'per_period_ms': cost.per_period_s * MS,
+               'period_ms': cost.period * MS, 'load': cost.load,
+               'real_time_max_load': REAL_TIME_MAX_LOAD}}
     summary = report.build_summary(
         wall=wall, run=run, policy=report.policy_summary(recorder.status, recorder.states_seen),
         latencies=recorder.latencies, messages=recorder.messages,
         rate_topic=adapter.commands[0].topic, violations=len(violations),
-        sim_stats=recorder.sim_stats, motion=motion, out=out, video=video)
+        sim_stats=report.window_stats(recorder.sim_stats_at_start, recorder.sim_stats),
+        motion=motion, out=out, video=video)
     report.write_summary(summary, out)
     report.log_summary(summary, log)
     return DemoResult(summary, dict(recorder.commands), dict(recorder.measured), violations)
@@ -418,8 +639,13 @@ def parse_args(argv: Sequence[str] | None = None) -> DemoOptions:
                         'LeRobot layout); default: the tiny random model')
     parser.add_argument('--prompt', default=DEFAULT_PROMPT, help='instruction for the policy')
     parser.add_argument('--device', default='cpu', help="torch device, e.g. 'cuda'")
-    parser.add_argument('--sim-time', action='store_true', help='run on simulated time '
-                        '(/clock) for machines that cannot keep real time')
+    parser.add_argument('--time', choices=TIME_MODES, default=TIME_AUTO,
+                        help='clock of the sim and the pi0 node: real time, simulated time '
+                        '(/clock, lockstep), or auto: measure the sim here and choose '
+                        '(default %(default)s)')
+    parser.add_argument('--strategy', choices=STRATEGIES, default=STRATEGY_AUTO,
+                        help='chunk strategy of the pi0 node; auto: sync for a checkpoint on '
+                        'the CPU, else async (default %(default)s)')
     parser.add_argument('--startup-timeout', type=float, default=DEFAULT_STARTUP_TIMEOUT,
                         help='seconds the pi0 node may take to load (default %(default)s)')
     parser.add_argument('--video', choices=VIDEO_FORMATS, default='mp4',
@@ -427,7 +653,7 @@ def parse_args(argv: Sequence[str] | None = None) -> DemoOptions:
     args = parser.parse_args(argv)
     return DemoOptions(duration=args.duration, output_dir=args.output_dir,
                        checkpoint=args.checkpoint, prompt=args.prompt, device=args.device,
-                       sim_time=args.sim_time, video_format=args.video,
+                       time_mode=args.time, strategy=args.strategy, video_format=args.video,
                        startup_timeout=args.startup_timeout)
 
 

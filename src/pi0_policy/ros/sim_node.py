@@ -9,24 +9,37 @@ left_finger, right_finger), ``sensor_msgs/Image`` (rgb8) per camera, and it acce
 joint_trajectory_controller) and ``std_msgs/Float64MultiArray`` (applied at once, like a
 forward_command_controller). The last command is held when commands stop.
 
-Time: with ``sim_time: false`` the physics keeps pace with the wall clock (several control periods
-per tick when a tick was late) and stamps are ROS time. With ``sim_time: true`` it runs on
-simulated time from 0, publishes ``/clock`` every step and paces itself at ``real_time_factor``;
-other nodes then need ``use_sim_time: true``.
+Time (parameter ``sim_time``; every other node must set ``use_sim_time`` to the same value):
+
+- ``sim_time: false`` (real time): a wall-clock timer steps the physics with the wall clock
+  (several control periods in one tick when a tick was late) and stamps are ROS time. A machine
+  that cannot keep up falls behind by more than ``MAX_CATCH_UP_PERIODS``: the backlog is dropped
+  (the simulated world pauses) and counted as a lag event. Choose real time only when the sim
+  costs well under one period per period (``pi0_sim_demo --time auto`` measures that).
+- ``sim_time: true`` (simulated time): a stepping thread runs the physics on simulated time from
+  0 and publishes ``/clock`` after every step. It steps as fast as it can, but never faster than
+  ``real_time_factor`` simulated seconds per wall second, and never faster than the controller
+  can serve: once commands arrive, it advances at most ``lockstep_lead`` seconds of simulated
+  time beyond the last command of every command interface (lockstep with the pi0 node, which
+  then ticks once per control period however slow the machine is). When no command arrives for
+  ``LOCKSTEP_TIMEOUT`` wall seconds (a disabled or stopped controller) it runs on freely.
+  No lag events: the simulated clock simply runs slower than the wall clock.
 """
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 import threading
 import time
+from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from embodiment_adapters.config import CommandSpec, CommandType, load_robot_config, RobotConfig
 import numpy as np
 from pi0_policy.ros import conversions
 from pi0_policy.ros.params import ParamSpec
-from pi0_policy.sim.aloha import AlohaSim, AlohaSimConfig, SIDES, TASK_SCENES, TrajectoryTarget
+from pi0_policy.sim.aloha import (AlohaSim, AlohaSimConfig, SIDES, steps_per_frame, TASK_SCENES,
+                                  TrajectoryTarget)
 import rclpy
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException
@@ -46,7 +59,14 @@ HARDWARE_ID = 'aloha_sim'
 QOS_DEPTH = 10
 # Most control periods stepped in one tick to catch up with the wall clock; beyond that the sim
 # drops the backlog (it runs slower than real time) and counts a lag event.
+# In simulated time: the most periods the stepping thread makes up at once after a slow step.
 MAX_CATCH_UP_PERIODS = 5
+# Simulated time: wall seconds without a command after which the sim stops waiting for commands
+# (the controller is disabled or gone) and runs on freely until commands arrive again.
+LOCKSTEP_TIMEOUT = 1.0
+# Tolerance when comparing simulated durations with whole periods (fraction of a period).
+PERIOD_TOLERANCE = 1e-6
+NANOSECONDS = 1_000_000_000
 # Separators of the mapping parameters ('a=b,c=d').
 PAIR_SEPARATOR = ','
 KEY_SEPARATOR = '='
@@ -76,9 +96,15 @@ SIM_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('arm_prefixes', 'left_=left,right_=right', 'Joint-state prefix of the robot '
               'config = scene arm (left or right).', read_only=True),
     ParamSpec('sim_time', False, 'Run on simulated time and publish /clock (when the machine '
-              'cannot keep real time); other nodes need use_sim_time:=true.', read_only=True),
+              'cannot keep real time); every other node must set use_sim_time to the same '
+              'value.', read_only=True),
     ParamSpec('real_time_factor', 1.0, 'sim_time only: simulated seconds per wall second at '
-              'most.', range=(0.01, 100.0), read_only=True),
+              'most (1: never faster than the wall clock).', range=(0.01, 100.0),
+              read_only=True),
+    ParamSpec('lockstep_lead', 0.02, 'sim_time only: once commands arrive, simulated time runs '
+              'at most this far (s) ahead of the last command of each command interface, so '
+              "that the controller never falls behind; at least the controller's control "
+              'period; 0 disables.', range=(0.0, 10.0), read_only=True),
 )
 
 
@@ -100,6 +126,15 @@ class SimNodeConfig:
     sim_time: bool
     # Pace of the simulated time (sim_time only).
     real_time_factor: float
+    # Simulated seconds the sim may run ahead of the last command (sim_time only; 0: no lockstep).
+    lockstep_lead: float = 0.0
+
+    @property
+    def lockstep_periods(self) -> int:
+        """Return the control periods the sim may run ahead of the last command (0: no limit)."""
+        if not self.sim_time or self.lockstep_lead <= 0.0:
+            return 0
+        return max(1, int(self.lockstep_lead / self.sim.control_period + PERIOD_TOLERANCE))
 
 
 def parse_mapping(text: str, name: str) -> dict[str, str]:
@@ -129,6 +164,48 @@ class _Route:
     joints: tuple[tuple[str, str], ...]
     # Message joint name -> index in spec.names (JointTrajectory).
     index: dict[str, int]
+
+
+def config_from_values(values: Mapping[str, Any]) -> tuple[SimNodeConfig, RobotConfig]:
+    """
+    Build the sim node's configuration from parameter values (missing ones take their defaults).
+
+    Args:
+        values: Parameter name -> value, e.g. the ``aloha_sim`` section of a params file.
+
+    Returns:
+        The configuration and the robot config it names.
+
+    Raises:
+        ValueError: A name is unknown, a mapping is malformed or names a camera that the robot
+            config does not have.
+
+    """
+    defaults = {spec.name: spec.default for spec in SIM_PARAMETERS}
+    unknown = sorted(set(values) - set(defaults) - {'use_sim_time'})
+    if unknown:
+        raise ValueError(f'Unknown {NODE_NAME} parameters {unknown}; expected names from '
+                         f'{sorted(defaults)}.')
+    v = {**defaults, **values}
+    robot = load_robot_config(v['robot'])
+    camera_map = parse_mapping(v['camera_map'], 'camera_map')
+    unknown = sorted(set(camera_map) - {cam.name for cam in robot.cameras})
+    if unknown:
+        raise ValueError(f"Parameter 'camera_map' names cameras {unknown} that are not in "
+                         f'{robot.source}; expected some of '
+                         f'{[cam.name for cam in robot.cameras]}.')
+    prefixes = parse_mapping(v['arm_prefixes'], 'arm_prefixes')
+    return SimNodeConfig(
+        robot=v['robot'],
+        sim=AlohaSimConfig(task=v['task'], control_period=1.0 / float(v['control_rate_hz']),
+                           image_height=int(v['image_height']),
+                           image_width=int(v['image_width']),
+                           high_quality_render=bool(v['high_quality_render']),
+                           seed=int(v['seed'])),
+        camera_rate_hz=float(v['camera_rate_hz']), camera_map=camera_map,
+        arm_prefixes=prefixes, sim_time=bool(v['sim_time']),
+        real_time_factor=float(v['real_time_factor']),
+        lockstep_lead=float(v['lockstep_lead'])), robot
 
 
 def build_routes(robot: RobotConfig, arm_prefixes: dict[str, str]) -> tuple[_Route, ...]:
@@ -172,11 +249,18 @@ class AlohaSimNode(Node):
         self._routes = build_routes(self._robot, self._config.arm_prefixes)
         self._sim = AlohaSim(self._config.sim)
         self._period = self._config.sim.control_period
+        self._period_ns = int(round(self._period * NANOSECONDS))
         self._targets = [TrajectoryTarget(np.array([self._sim.joint_target(s, j)
                                                     for s, j in r.joints])) for r in self._routes]
         self._lock = threading.Lock()  # guards the statistics read from other threads
-        self._tick_lock = threading.Lock()  # a tick vs destroy_node
-        self._stats = {'steps': 0, 'lag_events': 0, 'commands': 0, 'rejected': 0, 'frames': 0}
+        self._tick_lock = threading.Lock()  # a step vs destroy_node
+        self._target_lock = threading.Lock()  # command callbacks vs the stepping thread
+        # Simulated time: a command arrived (notifies the stepping thread), or stop.
+        self._command_arrived = threading.Condition(self._lock)
+        # Route index -> (step count, wall time) when its last command arrived.
+        self._last_command: dict[int, tuple[int, float]] = {}
+        self._stats = {'steps': 0, 'lag_events': 0, 'commands': 0, 'rejected': 0, 'frames': 0,
+                       'lockstep_waits': 0, 'lockstep_wait_s': 0.0}
         self._render_ms: deque[float] = deque(maxlen=RENDER_WINDOW)
         sides = dict(self._config.arm_prefixes)
         self._state_pubs = [
@@ -192,54 +276,61 @@ class AlohaSimNode(Node):
                         else Float64MultiArray)
             self.create_subscription(msg_type, route.spec.topic, self._command_callback(i),
                                      QOS_DEPTH)
-        self._steps_per_frame = max(1, round(1.0 / (self._config.camera_rate_hz * self._period)))
-        # ROS time (s) of simulated time 0.
-        self._epoch = 0.0 if self._config.sim_time else self.get_clock().now().nanoseconds * 1e-9
+        self._steps_per_frame = steps_per_frame(self._period, self._config.camera_rate_hz)
         self._wall = Clock(clock_type=ClockType.STEADY_TIME)
-        tick = self._period / self._config.real_time_factor if self._config.sim_time else \
-            self._period
         self._closed = False
-        self._timer = self.create_timer(tick, self._on_tick, clock=self._wall)
+        self._stop = threading.Event()
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, QOS_DEPTH)
         self._diag_timer = self.create_timer(DIAGNOSTICS_PERIOD, self._publish_diagnostics,
                                              clock=self._wall)
+        # ROS time (ns) of simulated time 0: 0 in simulated time (the sim is the clock).
+        self._epoch_ns = 0 if self._config.sim_time else self.get_clock().now().nanoseconds
+        if self._clock_pub is not None:
+            self._clock_pub.publish(ClockMsg(clock=conversions.to_time(0.0)))
         self._publish_state()
         self._publish_cameras()  # also creates the OpenGL context (slow), before the clock starts
-        if not self._config.sim_time:
-            self._epoch = self.get_clock().now().nanoseconds * 1e-9
         self._wall_start = self._wall_origin = self._wall_now()
+        self._timer: Any = None
+        self._thread: threading.Thread | None = None
+        if self._config.sim_time:
+            self._thread = threading.Thread(target=self._run_sim_time, name='aloha_sim_step',
+                                            daemon=True)
+            self._thread.start()
+        else:
+            self._epoch_ns = self.get_clock().now().nanoseconds
+            self._timer = self.create_timer(self._period, self._on_tick, clock=self._wall)
+        lockstep = (f', lockstep: at most {self._config.lockstep_periods} control period(s) '
+                    'ahead of the commands' if self._config.lockstep_periods else '')
         self.get_logger().info(
             f'ALOHA sim ({self._config.sim.task}) at {1.0 / self._period:.0f} Hz, cameras '
             f'{list(self._config.camera_map)} at {self._config.camera_rate_hz:g} Hz, '
-            f"{'simulated time on /clock' if self._config.sim_time else 'real time'}.")
+            + (f'simulated time on /clock (at most {self._config.real_time_factor:g} x real '
+               f'time{lockstep}).' if self._config.sim_time else 'real time.'))
 
     def destroy_node(self) -> None:
-        """Stop the timers, free the scene and join its render thread, then destroy the node."""
+        """Stop stepping, free the scene and join its render thread, then destroy the node."""
+        self._stop.set()
+        with self._command_arrived:
+            self._command_arrived.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
         with self._tick_lock:  # a tick still running on an executor thread finishes first
             self._closed = True
-            self.destroy_timer(self._timer)
+            if self._timer is not None:
+                self.destroy_timer(self._timer)
             self.destroy_timer(self._diag_timer)
             self._sim.close()
         super().destroy_node()
 
     def _read_config(self) -> tuple[SimNodeConfig, RobotConfig]:
         """Read the declared parameters once; return them and the robot config they name."""
-        v = {spec.name: self.get_parameter(spec.name).value for spec in SIM_PARAMETERS}
-        robot = load_robot_config(v['robot'])
-        camera_map = parse_mapping(v['camera_map'], 'camera_map')
-        unknown = sorted(set(camera_map) - {cam.name for cam in robot.cameras})
-        if unknown:
-            raise ValueError(f"Parameter 'camera_map' names cameras {unknown} that are not in "
-                             f'{robot.source}; expected some of '
-                             f'{[cam.name for cam in robot.cameras]}.')
-        prefixes = parse_mapping(v['arm_prefixes'], 'arm_prefixes')
-        return SimNodeConfig(
-            robot=v['robot'],
-            sim=AlohaSimConfig(task=v['task'], control_period=1.0 / v['control_rate_hz'],
-                               image_height=v['image_height'], image_width=v['image_width'],
-                               high_quality_render=v['high_quality_render'], seed=v['seed']),
-            camera_rate_hz=v['camera_rate_hz'], camera_map=camera_map, arm_prefixes=prefixes,
-            sim_time=v['sim_time'], real_time_factor=v['real_time_factor']), robot
+        return config_from_values({spec.name: self.get_parameter(spec.name).value
+                                   for spec in SIM_PARAMETERS})
+
+    @property
+    def config(self) -> SimNodeConfig:
+        """Return the configuration read at start-up."""
+        return self._config
 
     @property
     def sim(self) -> AlohaSim:
@@ -247,7 +338,7 @@ class AlohaSimNode(Node):
         return self._sim
 
     def stats(self) -> dict[str, float]:
-        """Return counters: steps, lag events, commands, rejected, frames, render ms, rates."""
+        """Return counters: steps, lag events, commands, lockstep waits, frames, render ms."""
         with self._lock:
             out: dict[str, float] = dict(self._stats)
             render = np.array(self._render_ms) if self._render_ms else np.zeros(1)
@@ -262,7 +353,11 @@ class AlohaSimNode(Node):
 
     def now(self) -> float:
         """Return the ROS time (s) of the current simulation state."""
-        return self._epoch + self._sim.time
+        return self._now_ns() / NANOSECONDS
+
+    def _now_ns(self) -> int:
+        """Return the ROS time (ns) of the current state: whole control periods since the epoch."""
+        return self._epoch_ns + self._stats['steps'] * self._period_ns
 
     def _wall_now(self) -> float:
         return self._wall.now().nanoseconds * 1e-9
@@ -271,15 +366,18 @@ class AlohaSimNode(Node):
         """Return the subscription callback of route ``i``."""
         def callback(msg: JointTrajectory | Float64MultiArray) -> None:
             try:
-                self._accept(i, msg)
+                with self._target_lock:
+                    self._accept(i, msg)
             except ValueError as error:
                 with self._lock:
                     self._stats['rejected'] += 1
                 self.get_logger().warn(f'Rejected command on {self._routes[i].spec.topic}: '
                                        f'{error}', throttle_duration_sec=1.0)
                 return
-            with self._lock:
+            with self._command_arrived:
                 self._stats['commands'] += 1
+                self._last_command[i] = (self._stats['steps'], self._wall_now())
+                self._command_arrived.notify_all()
         return callback
 
     def _accept(self, i: int, msg: JointTrajectory | Float64MultiArray) -> None:
@@ -306,32 +404,73 @@ class AlohaSimNode(Node):
         self._targets[i].replace(stamp if stamp > 0.0 else now, times, positions, now=now)
 
     def _on_tick(self) -> None:
-        """Step the physics (catching up with the wall clock in real time) and publish."""
+        """Step the physics to catch up with the wall clock (real time), then publish."""
         with self._tick_lock:
-            if not self._closed:
-                self._step_and_publish()
-
-    def _step_and_publish(self) -> None:
-        periods = 1
-        if not self._config.sim_time:
+            if self._closed:
+                return
             due = int((self._wall_now() - self._wall_start) / self._period) - self._stats['steps']
             if due < 1:
                 return
             if due > MAX_CATCH_UP_PERIODS:
                 # Drop the backlog: the simulated world pauses for the dropped periods, and the
                 # stamps jump with the wall clock so that they stay on ROS time.
-                dropped = (due - MAX_CATCH_UP_PERIODS) * self._period
-                self._wall_start += dropped
-                self._epoch += dropped
+                dropped = due - MAX_CATCH_UP_PERIODS
+                self._wall_start += dropped * self._period
+                self._epoch_ns += dropped * self._period_ns
                 with self._lock:
                     self._stats['lag_events'] += 1
                 due = MAX_CATCH_UP_PERIODS
-            periods = due
+            self._step_and_publish(due)
+
+    def _lockstep_allows(self) -> bool:
+        """Return whether one more step keeps within the lead over every active command route."""
+        lead = self._config.lockstep_periods
+        now = self._wall_now()
+        active = [step for step, wall in self._last_command.values()
+                  if now - wall < LOCKSTEP_TIMEOUT]
+        return not lead or not active or self._stats['steps'] + 1 - min(active) <= lead
+
+    def _wait_for_commands(self) -> bool:
+        """Wait until lockstep allows one more step (sim time); return False when stopping."""
+        with self._command_arrived:
+            if self._lockstep_allows():
+                return not self._stop.is_set()
+            start = self._wall_now()
+            self._stats['lockstep_waits'] += 1
+            while not self._stop.is_set() and not self._lockstep_allows():
+                self._command_arrived.wait(LOCKSTEP_TIMEOUT)
+            self._stats['lockstep_wait_s'] += self._wall_now() - start
+        return not self._stop.is_set()
+
+    def _run_sim_time(self) -> None:
+        """Step as fast as pacing and lockstep allow (sim time) until destroy_node."""
+        tick = self._period / self._config.real_time_factor
+        next_wall = self._wall_now()
+        while not self._stop.is_set():
+            if self._stop.wait(max(0.0, next_wall - self._wall_now())):
+                return
+            if not self._wait_for_commands():
+                return
+            with self._tick_lock:
+                if self._closed:
+                    return
+                try:
+                    self._step_and_publish(1)
+                except Exception:  # noqa: B902 - a shutdown context fails publishing: stop
+                    if self._stop.is_set() or not self.context.ok():
+                        return
+                    raise
+            next_wall = max(next_wall + tick, self._wall_now() - MAX_CATCH_UP_PERIODS * tick)
+
+    def _step_and_publish(self, periods: int) -> None:
+        """Step ``periods`` control periods following the commanded trajectories, then publish."""
         frame_due = False
         for _ in range(periods):
             now = self.now()
-            for route, target in zip(self._routes, self._targets):
-                for (side, joint), value in zip(route.joints, target.sample(now)):
+            with self._target_lock:
+                samples = [target.sample(now) for target in self._targets]
+            for route, sample in zip(self._routes, samples):
+                for (side, joint), value in zip(route.joints, sample):
                     self._sim.set_joint_target(side, joint, value)
             self._sim.step()
             with self._lock:

@@ -13,12 +13,13 @@ the gripper is converted through its opening fraction (0 = closed, 1 = open):
 Axis letters: H = image height, W = image width.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 import ctypes.util
 from dataclasses import dataclass, field
 import os
-from typing import NamedTuple
+import time
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -48,6 +49,8 @@ TASK_SCENES: dict[str, str] = {
 # OpenGL back ends MuJoCo can render with headless, in order of preference, and their libraries.
 HEADLESS_GL_LIBRARIES: tuple[tuple[str, str], ...] = (('egl', 'EGL'), ('osmesa', 'OSMesa'))
 MUJOCO_GL_VARIABLE = 'MUJOCO_GL'
+# Wall seconds that measure_cost() spends stepping and rendering (after one warm-up frame).
+CALIBRATION_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -484,3 +487,89 @@ class AlohaSim:
         self._renderer.submit(self._physics.free).result()
         self._renderer.shutdown(wait=True)
         self._renderer = None
+
+
+def steps_per_frame(control_period: float, camera_rate_hz: float) -> int:
+    """
+    Return the control periods between two camera frames (at least 1).
+
+    Raises:
+        ValueError: A period or rate is not positive.
+
+    """
+    if not (control_period > 0.0 and camera_rate_hz > 0.0):
+        raise ValueError(f'control_period ({control_period} s) and camera_rate_hz '
+                         f'({camera_rate_hz} Hz) must both be > 0.')
+    return max(1, round(1.0 / (camera_rate_hz * control_period)))
+
+
+@dataclass(frozen=True)
+class SimCost:
+    """Wall-clock cost of simulating one control period on this machine, as measured."""
+
+    # Simulated seconds per control period.
+    period: float
+    # Mean wall seconds of stepping the physics by one control period.
+    step_s: float
+    # Mean wall seconds of one camera frame: every published camera rendered (and encoded) once.
+    frame_s: float
+    # Control periods per camera frame (see steps_per_frame).
+    steps_per_frame: int
+
+    @property
+    def per_period_s(self) -> float:
+        """Return the wall seconds per control period: a step plus the amortised frame."""
+        return self.step_s + self.frame_s / self.steps_per_frame
+
+    @property
+    def load(self) -> float:
+        """Return the fraction of real time the sim needs (1.0: exactly real time)."""
+        return self.per_period_s / self.period
+
+
+def measure_cost(sim: AlohaSim, cameras: Sequence[str], frame_steps: int, *,
+                 seconds: float = CALIBRATION_SECONDS,
+                 encode: Callable[[np.ndarray], Any] | None = None) -> SimCost:
+    """
+    Measure what one control period costs: step ``frame_steps`` periods, render, repeat.
+
+    The pattern is the sim node's: a frame of every camera after each ``frame_steps`` steps. One
+    warm-up frame (the OpenGL context is created on first use) is not counted; then the loop runs
+    for about ``seconds`` of wall time, at least one round. The simulation's state moves on (call
+    ``reset()`` afterwards to start over).
+
+    Args:
+        sim: The simulation, configured as it will run (image size, render quality, period).
+        cameras: Scene cameras rendered each frame (may be empty).
+        frame_steps: Control periods per camera frame (>= 1).
+        seconds: Wall seconds to measure for (> 0).
+        encode: Applied to every rendered (H, W, 3) image, e.g. the ROS message conversion.
+
+    Returns:
+        The mean costs.
+
+    Raises:
+        ValueError: ``frame_steps`` < 1 or ``seconds`` <= 0.
+
+    """
+    if frame_steps < 1 or not seconds > 0.0:
+        raise ValueError(f'measure_cost() needs frame_steps >= 1 and seconds > 0; got '
+                         f'{frame_steps} and {seconds}.')
+    encode = encode or (lambda image: image)
+    for camera in cameras:
+        encode(sim.render(camera))
+    step_s = frame_s = 0.0
+    rounds = 0
+    deadline = time.perf_counter() + seconds
+    while rounds == 0 or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        sim.step(frame_steps)
+        rendered = time.perf_counter()
+        for camera in cameras:
+            encode(sim.render(camera))
+        step_s += rendered - start
+        frame_s += time.perf_counter() - rendered
+        rounds += 1
+    return SimCost(period=sim.config.control_period, step_s=step_s / (rounds * frame_steps),
+                   frame_s=frame_s / rounds if cameras else 0.0,
+                   steps_per_frame=frame_steps)

@@ -35,6 +35,10 @@ MIN_FPS = 1.0
 
 # Action name -> [(seconds since start, value)].
 Records = Mapping[str, Sequence[tuple[float, float]]]
+# Counters of the sim node's statistics (pi0_policy.ros.sim_node.AlohaSimNode.stats), reported
+# over the recorded window only (the sim also counts while the pi0 node loads).
+SIM_COUNTERS = ('steps', 'lag_events', 'commands', 'rejected', 'frames', 'lockstep_waits',
+                'lockstep_wait_s', 'sim_time', 'wall_time')
 
 
 @dataclass
@@ -168,6 +172,30 @@ def policy_summary(status: Any | None, states_seen: dict[str, int]) -> dict[str,
     }
 
 
+def window_stats(first: Mapping[str, float], last: Mapping[str, float]) -> dict[str, float]:
+    """
+    Return the sim's statistics between two of its diagnostics reports.
+
+    Args:
+        first: The values reported when recording started (empty: count from the sim's start).
+        last: The last values reported.
+
+    Returns:
+        ``last`` with every counter of ``SIM_COUNTERS`` as the difference, and ``step_rate_hz``
+        and ``real_time_factor`` over the window.
+
+    """
+    out = dict(last)
+    for key in SIM_COUNTERS:
+        if key in last:
+            out[key] = last[key] - first.get(key, 0.0)
+    if 'wall_time' in out:
+        wall = max(out['wall_time'], MIN_WALL)
+        out['step_rate_hz'] = out.get('steps', 0.0) / wall
+        out['real_time_factor'] = out.get('sim_time', 0.0) / wall
+    return out
+
+
 def build_summary(*, wall: float, run: Mapping[str, Any], policy: Mapping[str, Any],
                   latencies: Sequence[float], messages: Mapping[str, int], rate_topic: str,
                   violations: int, sim_stats: Mapping[str, float], motion: Mapping[str, float],
@@ -177,13 +205,15 @@ def build_summary(*, wall: float, run: Mapping[str, Any], policy: Mapping[str, A
 
     Args:
         wall: seconds recorded.
-        run: ``checkpoint``, ``prompt`` and ``clock`` of the run, in that order.
+        run: ``checkpoint``, ``prompt`` and ``clock`` of the run, in that order, then
+            optionally ``clock_reason``, ``strategy``, ``strategy_reason`` and ``calibration``
+            (the measured sim cost that chose the clock, or None).
         policy: the pi0 node's final status (state, ticks, rates, holds, clamps, failures).
         latencies: inference latency of every chunk, seconds.
         messages: command messages per topic.
         rate_topic: the topic whose message rate is reported as ``rate_hz``.
         violations: number of commanded values outside the limits.
-        sim_stats: the sim node's last diagnostics values.
+        sim_stats: the sim node's statistics over the run (see :func:`window_stats`).
         motion: measured range per action (see :func:`joint_motion`).
         out: output folder of the files.
         video: the video written, or None.
@@ -224,15 +254,19 @@ def log_summary(summary: Mapping[str, Any], log: Callable[[str], None] = print) 
     log('pi0_sim_demo summary')
     log(f"  ran {summary['duration_s']:.1f} s ({summary['clock']}), "
         f"model: {summary['checkpoint']}")
+    if 'strategy' in summary:
+        log(f"  chunk strategy: {summary['strategy']}; clock chosen because "
+            f"{summary.get('clock_reason', 'not given')}")
     log(f"  control ticks {p['ticks']}, achieved {p['control_rate_achieved_hz']:.1f} Hz of "
         f"{p['control_rate_target_hz']:.0f} Hz; commands {cmd['rate_hz']:.1f} msg/s per arm")
     log(f"  inference: {inf['chunks']} chunks, latency p50 {inf['latency_p50_ms']:.0f} ms, "
         f"p99 {inf['latency_p99_ms']:.0f} ms, failures {p['inference_failures']}")
     log(f"  safety: {p['clamped_commands']} commands clamped, {p['hold_ticks']} hold ticks, "
         f"{cmd['limit_violations']} commands outside limits; final state: {p['final_state']}")
-    log(f"  sim: {sim['steps']:.0f} steps ({sim['step_rate_hz']:.1f} Hz, real-time factor "
-        f"{sim['real_time_factor']:.2f}), render {sim['render_ms_mean']:.1f} ms per image, "
-        f"{sim['lag_events']:.0f} lag events")
+    log(f"  sim: {sim['steps']:.0f} steps = {sim['sim_time']:.1f} s simulated "
+        f"({sim['step_rate_hz']:.1f} Hz, real-time factor {sim['real_time_factor']:.2f}), "
+        f"render {sim['render_ms_mean']:.1f} ms per image, {sim['lag_events']:.0f} lag events, "
+        f"{sim['lockstep_waits']:.0f} waits for the pi0 node")
     log(f"  joints moved up to {summary['max_joint_motion_rad']:.3f} rad")
     log(f"  wrote {files['summary']}, {files['plot']}"
         + (f", {files['video']}" if files['video'] else ''))
