@@ -1,4 +1,9 @@
-"""The control loop thread: fixed rate on the node clock, skipped (not queued) missed periods."""
+"""
+The control loop thread: fixed rate on the node clock, skipped (not queued) missed periods.
+
+Bounds are generous on purpose: the machine running the tests may be small and loaded, so the
+checks are about behaviour (an absolute schedule, skipping, surviving errors), not precise timing.
+"""
 
 import threading
 import time
@@ -7,14 +12,18 @@ from pi0_policy.ros.control_loop import ControlLoop
 import pytest
 from rclpy.clock import Clock, ClockType
 
-PERIOD_S = 0.01
-RUN_S = 0.5
+PERIOD_S = 0.05
+RUN_S = 1.0
+WAIT_S = 10.0  # generous upper bound for an event that should take a few periods
+
+
+def steady() -> Clock:
+    return Clock(clock_type=ClockType.STEADY_TIME)
 
 
 def test_ticks_at_the_period_and_stops_cleanly():
     ticks = []
-    loop = ControlLoop(Clock(clock_type=ClockType.STEADY_TIME), PERIOD_S,
-                       lambda: ticks.append(time.monotonic()))
+    loop = ControlLoop(steady(), PERIOD_S, lambda: ticks.append(time.monotonic()))
     loop.start()
     time.sleep(RUN_S)
     loop.stop()
@@ -23,9 +32,10 @@ def test_ticks_at_the_period_and_stops_cleanly():
     assert len(ticks) == count, 'ticks after stop()'
     assert not loop.running
     expected = RUN_S / PERIOD_S
-    assert expected * 0.8 <= count <= expected + 1
-    # An absolute schedule: the mean period is the configured one.
-    assert (ticks[-1] - ticks[0]) / (count - 1) == pytest.approx(PERIOD_S, rel=0.1)
+    assert expected * 0.5 <= count <= expected + 1
+    # An absolute schedule: late ticks are followed by early ones, so the mean period holds.
+    assert (ticks[-1] - ticks[0]) / (count - 1 + loop.missed_ticks) == pytest.approx(
+        PERIOD_S, rel=0.2)
 
 
 def test_a_long_tick_skips_missed_periods_instead_of_queueing_them():
@@ -36,20 +46,62 @@ def test_a_long_tick_skips_missed_periods_instead_of_queueing_them():
         ticks.append(time.monotonic())
         if len(ticks) == 5:
             slow.set()
-            time.sleep(3.5 * PERIOD_S)  # the ticks due 1 and 2 periods later cannot run
+            # The ticks due 1 and 2 periods later cannot run; the half period leaves margin
+            # on both sides for a late wake-up.
+            time.sleep(3.5 * PERIOD_S)
 
-    loop = ControlLoop(Clock(clock_type=ClockType.STEADY_TIME), PERIOD_S, tick)
+    loop = ControlLoop(steady(), PERIOD_S, tick)
     loop.start()
-    assert slow.wait(2.0)
-    time.sleep(10 * PERIOD_S)
+    assert slow.wait(WAIT_S)
+    before = loop.missed_ticks  # the machine may have skipped periods before the slow tick
+    time.sleep(6 * PERIOD_S)
     loop.stop()
     # The tick due 3 periods later runs late (at 3.5); the two before it are skipped.
-    assert loop.missed_ticks == 2
+    assert loop.missed_ticks - before >= 2
     gaps = [b - a for a, b in zip(ticks[5:], ticks[6:])]
-    # No burst of queued ticks after the slow one: every later gap is most of a period.
-    assert min(gaps) > 0.3 * PERIOD_S
+    # No burst of queued ticks right after the slow one: the next gap is most of a period.
+    assert gaps and gaps[0] > 0.3 * PERIOD_S
+
+
+def test_a_tick_that_raises_is_reported_and_the_loop_keeps_running():
+    calls, errors = [], []
+    done = threading.Event()
+
+    def tick():
+        calls.append(time.monotonic())
+        if len(calls) == 6:
+            done.set()
+        if len(calls) % 2:
+            raise RuntimeError(f'tick {len(calls)} failed')
+
+    loop = ControlLoop(steady(), PERIOD_S, tick, on_error=errors.append)
+    loop.start()
+    assert done.wait(WAIT_S), f'the loop stopped after {len(calls)} ticks'
+    loop.stop()
+    assert loop.tick_errors == len(errors) >= 3
+    assert [str(e) for e in errors[:3]] == ['tick 1 failed', 'tick 3 failed', 'tick 5 failed']
+
+
+def test_an_error_handler_that_raises_does_not_stop_the_loop():
+    calls = []
+    done = threading.Event()
+
+    def tick():
+        calls.append(1)
+        if len(calls) == 3:
+            done.set()
+        raise ValueError('bad tick')
+
+    def on_error(error: Exception) -> None:
+        raise RuntimeError('bad handler')
+
+    loop = ControlLoop(steady(), PERIOD_S, tick, on_error=on_error)
+    loop.start()
+    assert done.wait(WAIT_S)
+    loop.stop()
+    assert loop.tick_errors >= 3
 
 
 def test_period_must_be_positive():
     with pytest.raises(ValueError, match='period_s must be > 0 seconds, got 0.0'):
-        ControlLoop(Clock(clock_type=ClockType.STEADY_TIME), 0.0, lambda: None)
+        ControlLoop(steady(), 0.0, lambda: None)

@@ -1,10 +1,13 @@
 """Tests of the ROS message conversions (messages built by hand, no Node)."""
 
 import math
+import sys
+import threading
 
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticStatus
 from embodiment_adapters import load_robot_config, make_adapter
+from embodiment_adapters.config import find_robot_config
 from nav_msgs.msg import Odometry
 import numpy as np
 from openpi_client import image_tools
@@ -12,6 +15,7 @@ from pi0_policy.ros import commands, conversions, diagnostics, observation, visu
 from pi0_policy.runtime import transforms
 import pytest
 from sensor_msgs.msg import CompressedImage, Image, JointState
+import yaml
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, size=(6, 5, 3), dtype=np.uint8)  # (H, W, 3)
@@ -126,11 +130,37 @@ def test_joint_state_prefix_and_merge():
     (JointState(name=['a', 'b'], position=[1.0]), '2 names but 1 positions'),
     (JointState(name=['a', ''], position=[1.0, 2.0]), 'empty joint name'),
     (JointState(name=['a', 'a'], position=[1.0, 2.0]), 'repeats joint names'),
-    (JointState(name=['a', 'b'], position=[1.0, math.nan]), r"position of \['b'\] is not"),
 ])
 def test_malformed_joint_states_raise(msg, message):
     with pytest.raises(ValueError, match=message):
         conversions.joint_state_to_arrays(msg)
+
+
+def test_nan_positions_pass_the_message_check_and_only_used_joints_matter():
+    # Drivers publish NaN for passive / mimic joints; the adapter checks the joints it uses.
+    adapter = make_adapter(load_robot_config('mock'))
+    example = adapter.make_example(np.random.default_rng(0))
+    msg = JointState(name=list(example['names']) + ['passive'],
+                     position=list(example['positions']) + [math.nan])
+    names, positions = conversions.joint_state_to_arrays(msg)
+    assert names[-1] == 'passive' and math.isnan(positions[-1])
+    assert np.isfinite(adapter.state_from_joint_states(names, positions)).all()
+    positions[0] = math.nan
+    with pytest.raises(ValueError, match='non-finite positions'):
+        adapter.state_from_joint_states(names, positions)
+
+
+@pytest.mark.parametrize('topic, relative', [
+    ('/camera high/image', False), ('/cam//image', False), ('/1cam/image', False),
+    ('/camera_high/image_raw', True), ('~/status', True), ('joint_states', True)])
+def test_topic_names_are_checked(topic, relative):
+    if relative:
+        full = conversions.check_topic_name(topic, 'camera', node_name='n', namespace='/ns')
+        assert full.startswith('/') and full.endswith(topic.lstrip('~/'))
+        return
+    with pytest.raises(ValueError, match=f"Topic '{topic}' of camera 'c' is not a valid ROS "
+                                         'topic name'):
+        conversions.check_topic_name(topic, "camera 'c'", node_name='n', namespace='/ns')
 
 
 def test_odometry_twist_and_nan():
@@ -238,12 +268,43 @@ def test_status_and_diagnostics_messages():
     assert (window.last, window.percentile(50)) == (4.0, 3.0)
 
 
+def test_robot_topics_are_checked_before_use(tmp_path):
+    data = yaml.safe_load(find_robot_config('aloha').read_text())
+    data['commands'][1]['topic'] = '/follower_left/gripper controller/commands'
+    path = tmp_path / 'aloha.yaml'
+    path.write_text(yaml.safe_dump(data))
+    adapter = make_adapter(load_robot_config(str(path)))
+    specs = observation.input_specs(adapter, '/odom')
+    with pytest.raises(ValueError, match=r"'/follower_left/gripper controller/commands' of "
+                                         r'command forward_position \(robot config .*aloha'):
+        observation.check_topics(adapter, specs, node_name='n', namespace='/')
+    good = make_adapter(load_robot_config('aloha'))
+    observation.check_topics(good, observation.input_specs(good, '/odom'), node_name='n',
+                             namespace='/')
+
+
+def test_ghosts_use_the_robots_joint_names_per_joint_state_topic():
+    aloha = make_adapter(load_robot_config('aloha'))
+    groups = visualization.ghost_groups(aloha)
+    assert [g.topic for g in groups] == ['~/preview/follower_left/joint_states',
+                                         '~/preview/follower_right/joint_states']
+    arm = ('waist', 'shoulder', 'elbow', 'forearm_roll', 'wrist_angle', 'wrist_rotate', 'gripper')
+    assert groups[0].names == arm and groups[1].names == arm
+    assert groups[0].dims == tuple(range(7)) and groups[1].dims == tuple(range(7, 14))
+    actions = np.arange(2 * aloha.dof, dtype=float).reshape(2, aloha.dof)  # (T, D)
+    left, right = visualization.ghost_joint_states(groups, actions, stamp=Time(sec=2))
+    assert list(left.position) == actions[-1, :7].tolist() and left.header.stamp.sec == 2
+    assert list(right.position) == actions[-1, 7:].tolist()
+    mobile = make_adapter(load_robot_config('mobile_manipulator'))
+    (group,) = visualization.ghost_groups(mobile)  # one joint-state topic, base dims left out
+    assert group.topic == '~/preview/joint_states'
+    assert group.names == tuple(n for n, v in zip(mobile.action_names, mobile.is_velocity)
+                                if not v)
+
+
 def test_preview_messages():
     names = ['j1', 'j2', 'base_vx']
     actions = np.array([[0.0, 1.0, 0.5], [0.5, 0.0, 0.5]])
-    ghost = visualization.ghost_joint_state(names, actions, stamp=Time(),
-                                            is_velocity=np.array([False, False, True]))
-    assert ghost.name == ['j1', 'j2'] and list(ghost.position) == [0.5, 0.0]
     markers = visualization.trajectory_markers(
         names, actions, control_period=0.02, lower=np.array([0.0, 0.0, -1.0]),
         upper=np.array([1.0, 1.0, 1.0]), is_velocity=np.array([False, False, True]),
@@ -252,3 +313,79 @@ def test_preview_messages():
     strips = [m for m in markers.markers if m.ns == visualization.TRAJECTORY_NAMESPACE]
     assert len(strips) == 2 and len(strips[0].points) == 2
     assert strips[1].points[0].z == pytest.approx(0.2)  # j2 at its upper limit: top of the lane
+
+
+def _samples(names, positions):
+    msg = JointState(name=list(names), position=list(positions))
+    spec = observation.InputSpec('joints', observation.InputKind.JOINT_STATES, '/j')
+    return (spec,), {'joints': observation.InputSample(observation.check_message(spec, msg),
+                                                       0.0)}
+
+
+def test_measured_gripper_command_comes_from_the_gripper_joint_or_its_calibration():
+    adapter = make_adapter(load_robot_config('aloha'))
+    joints = {j.name: j for j in adapter.config.joints}
+    left = joints['left_gripper'].gripper
+    example = adapter.make_example(np.random.default_rng(1))
+    values = dict(zip(example['names'], example['positions']))
+    # The robot publishes its gripper joint: the hold keeps exactly that value.
+    specs, samples = _samples(values, values.values())
+    command = observation.measured_command(adapter, specs, samples)
+    gripper = adapter.action_names.index('left_gripper')
+    assert command[gripper] == values['left_gripper']
+    assert command[0] == values['left_waist']  # arm joints as measured (no sign flips)
+    # Without it: the finger opening fraction maps onto the command joint's open/closed values.
+    for finger, expected in ((left.state_open_value, left.open_value),
+                             (left.state_closed_value, left.closed_value)):
+        values[left.state_joint] = finger
+        names = [n for n in values if not n.endswith('_gripper')]
+        specs, samples = _samples(names, [values[n] for n in names])
+        command = observation.measured_command(adapter, specs, samples)
+        assert command[gripper] == pytest.approx(expected)
+
+
+def test_measured_command_is_none_without_fresh_finite_joints():
+    adapter = make_adapter(load_robot_config('mock'))
+    example = adapter.make_example(np.random.default_rng(2))
+    positions = np.array(example['positions'])
+    positions[0] = math.nan
+    specs, samples = _samples(example['names'], positions)
+    assert observation.measured_command(adapter, specs, samples) is None
+    buffer = observation.ObservationBuffer(['joints'], 0.1)
+    buffer.put('joints', samples['joints'].message, 1.0)
+    assert 'joints' in buffer.snapshot(1.05) and buffer.snapshot(1.2) == {}
+    assert 'joints' in buffer.snapshot()  # without a time: every valid sample
+
+
+def test_rate_meter_survives_concurrent_ticks_and_reads():
+    meter = diagnostics.RateMeter(0.01)
+    stop = threading.Event()
+    errors = []
+
+    def tick():
+        t = 0.0
+        while not stop.is_set():
+            t += 0.0001
+            meter.tick(t)
+
+    def read():
+        try:
+            for _ in range(20_000):
+                meter.rate(1.0)
+        except RuntimeError as error:  # 'deque mutated during iteration' without the lock
+            errors.append(error)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    try:
+        read()
+    finally:
+        stop.set()
+        ticker.join()
+        sys.setswitchinterval(interval)
+    assert errors == []
+    meter = diagnostics.RateMeter(0.01)
+    meter.tick(5.0)
+    meter.tick(5.005)
+    assert meter.rate(5.005) == pytest.approx(2 / 0.01)

@@ -42,6 +42,12 @@ def test_values_map_into_the_nested_configs():
     assert config.reporting.preview is False
 
 
+def test_an_empty_device_means_the_default_device():
+    # Launch files pass '' for "not given" so that they do not replace a params-file value.
+    assert params.node_config_from_values({'device': ''}).policy.device == params.DEFAULT_DEVICE
+    assert params.node_config_from_values({'device': 'cuda:1'}).policy.device == 'cuda:1'
+
+
 @pytest.mark.parametrize('values, message', [
     ({'max_age': 0.0}, r"'max_age' is 0.0; expected a value in \[0.001, 60.0\]"),
     ({'strategy': 'fast'}, "'strategy' is 'fast'; expected one of"),

@@ -23,7 +23,8 @@ from geometry_msgs.msg import Twist, TwistStamped
 import numpy as np
 from pi0_msgs.msg import ActionChunk, PolicyStatus
 from pi0_msgs.srv import SetInstruction
-from pi0_policy.ros import conversions
+from pi0_policy.model.config import Pi0Config
+from pi0_policy.ros import conversions, visualization
 from pi0_policy.ros.policy_node import PolicyNode
 from pi0_policy.ros.synthetic_robot import SyntheticRobot
 import pytest
@@ -48,6 +49,7 @@ HOLD_WITHIN_S = 0.1  # a stale camera must cause a hold this soon after max_age 
 LIMIT_TOLERANCE = 1e-9
 SWITCH_INTERVAL_S = 0.001
 SHUTDOWN_S = 5.0  # a node process must exit this soon after SIGINT
+SPIN_PERIOD_S = 0.05  # longest wait of one spin_once of the test executor
 SRC = pathlib.Path(__file__).resolve().parents[1] / 'src'
 _COUNTER = itertools.count()
 
@@ -94,7 +96,9 @@ class Harness:
         self.chunks = self.robot.record(ActionChunk, f'{node_name}/action_chunk')
         self.statuses = self.robot.record(PolicyStatus, f'{node_name}/status')
         self.diagnostics = self.robot.record(DiagnosticArray, '/diagnostics')
-        self.ghosts = self.robot.record(JointState, f'{node_name}/preview/joint_states')
+        self.ghosts = {group.topic: self.robot.record(
+            JointState, group.topic.replace('~', node_name, 1))
+            for group in visualization.ghost_groups(self.adapter)}
         self.instruction = self.robot.create_publisher(String, f'{node_name}/instruction', 10)
         self.set_instruction = self.robot.create_client(SetInstruction,
                                                         f'{node_name}/set_instruction')
@@ -102,8 +106,15 @@ class Harness:
         self.executor = MultiThreadedExecutor(num_threads=4)
         self.executor.add_node(self.node)
         self.executor.add_node(self.robot)
-        self.thread = threading.Thread(target=self.executor.spin)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin)
         self.thread.start()
+
+    def _spin(self) -> None:
+        # A stop flag, not executor.shutdown() from another thread: that races with a spin in
+        # progress (rclpy destroys the executor's guard condition under it).
+        while not self._stop.is_set():
+            self.executor.spin_once(timeout_sec=SPIN_PERIOD_S)
 
     def start(self) -> None:
         assert self.node.trigger_configure() == SUCCESS
@@ -123,9 +134,10 @@ class Harness:
         return future.result()
 
     def close(self) -> None:
-        self.node.close()
-        self.executor.shutdown()
+        self._stop.set()  # first: destroying entities under a spinning executor races
         self.thread.join()
+        self.executor.shutdown()
+        self.node.close()
         self.node.destroy_node()
         self.robot.destroy_node()
 
@@ -200,8 +212,23 @@ def test_commands_flow_at_the_control_rate_with_the_right_joints(make_harness, r
     chunk = harness.chunks[-1].message
     assert chunk.joint_names == list(harness.adapter.action_names)
     assert len(chunk.actions) == chunk.horizon * chunk.dof
-    ghost = harness.ghosts[-1].message
-    assert len(ghost.name) == harness.adapter.dof - int(harness.adapter.is_velocity.sum())
+    assert 0.0 < chunk.inference_latency  # observation -> chunk
+    assert chunk.inference_latency <= time.time() - conversions.to_seconds(chunk.header.stamp)
+    # One ghost per joint-state topic, named as the robot's command interfaces name the joints.
+    robot_names = {name: (spec.joint_names or spec.names)[i]
+                   for spec in harness.adapter.commands for i, name in enumerate(spec.names)}
+    ghost_names = []
+    for topic, ghosts in harness.ghosts.items():
+        wait_for(lambda: ghosts)
+        ghost_names += list(ghosts[-1].message.name)
+    position_names = [n for n, v in zip(harness.adapter.action_names,
+                                        harness.adapter.is_velocity) if not v]
+    assert sorted(ghost_names) == sorted(robot_names[n] for n in position_names)
+    if robot == 'aloha':  # per arm, as each arm's robot_state_publisher reads them
+        assert len(harness.ghosts) == 2
+        assert all(g[-1].message.name == ['waist', 'shoulder', 'elbow', 'forearm_roll',
+                                          'wrist_angle', 'wrist_rotate', 'gripper']
+                   for g in harness.ghosts.values())
 
 
 def test_instruction_changes_reach_the_next_inference(make_harness):
@@ -285,7 +312,7 @@ def _missing_joint(topic: str, msg: JointState) -> JointState:
     (_wrong_size, None, 'Image data is truncated'),
     (_step_mismatch, None, 'shorter than one row'),
     (_truncated, None, 'Image data is truncated'),
-    (None, _nan_joint, 'is not finite'),
+    (None, _nan_joint, 'non-finite positions'),
     (None, _missing_joint, 'lacks the joints'),
 ])
 def test_malformed_inputs_give_a_diagnostic_and_a_safe_hold(make_harness, camera_fault,
@@ -313,27 +340,143 @@ def test_malformed_inputs_give_a_diagnostic_and_a_safe_hold(make_harness, camera
     assert_within_limits(harness)
 
 
+def position_topics(harness: Harness) -> list[str]:
+    """Return the command topics that carry joint positions (not base velocities)."""
+    return [spec.topic for spec in harness.adapter.commands
+            if spec.type not in (CommandType.TWIST, CommandType.TWIST_STAMPED)]
+
+
 def test_lifecycle_transitions_and_the_enable_switch(make_harness):
     harness = make_harness(enabled_at_start=False)
     assert harness.state() == 'unconfigured'
+    publishers = list(harness.node.publishers)
     assert harness.node.trigger_configure() == SUCCESS and harness.state() == 'inactive'
     assert harness.node.trigger_activate() == SUCCESS and harness.state() == 'active'
-    topic = harness.adapter.commands[0].topic
+    topics = position_topics(harness)
     wait_for(lambda: any(s.message.state == PolicyStatus.STATE_DISABLED
                          for s in harness.statuses))
     time.sleep(0.2)
-    assert harness.robot.received(topic) == []  # disabled: nothing is commanded
+    # Deactivating a disabled node commands nothing either (no hold at a measured pose).
+    assert harness.node.trigger_deactivate() == SUCCESS
+    time.sleep(0.2)  # a command sent on deactivation would have arrived
+    assert all(harness.robot.received(topic) == [] for topic in topics)
+    assert harness.node.trigger_activate() == SUCCESS
     assert harness.call(harness.enable, SetBool.Request(data=True)).success
     harness.wait_running()
     assert harness.node.trigger_deactivate() == SUCCESS and harness.state() == 'inactive'
     time.sleep(0.1)  # the final hold command sent on deactivation may still be in flight
     stopped = time.monotonic()
     time.sleep(0.3)
-    assert harness.robot.received(topic, stopped) == []
+    assert all(harness.robot.received(topic, stopped) == [] for topic in topics)
+    # Deactivate -> activate without cleanup, several times: inference resumes each time.
+    for _ in range(3):
+        assert harness.node.trigger_activate() == SUCCESS
+        count = len(harness.chunks)
+        wait_for(lambda: len(harness.chunks) > count)
+        assert harness.node.trigger_deactivate() == SUCCESS
     assert harness.node.trigger_cleanup() == SUCCESS and harness.state() == 'unconfigured'
     assert harness.node._policy is None
+    assert list(harness.node.publishers) == publishers  # all of configure's are destroyed
+    assert not harness.node._managed_entities  # lifecycle publishers are forgotten too
     assert harness.node.trigger_configure() == SUCCESS  # configure again after cleanup
     assert harness.node.trigger_activate() == SUCCESS
+    harness.wait_running()
+
+
+def test_enabling_with_stale_joint_states_commands_no_old_pose(make_harness):
+    harness = make_harness(enabled_at_start=False, max_age=0.1)
+    harness.start()
+    wait_for(lambda: any(s.message.state == PolicyStatus.STATE_DISABLED
+                         for s in harness.statuses))
+
+    def stale(topic: str, msg: JointState) -> JointState:
+        msg.header.stamp.sec -= 10  # measured 10 s ago
+        return msg
+    harness.robot.joint_override = stale
+    time.sleep(0.3)  # the fresh joint states received before are now stale too
+    enabled = time.monotonic()
+    assert harness.call(harness.enable, SetBool.Request(data=True)).success
+    status = wait_for(lambda: next((s.message for s in harness.statuses if s.time > enabled and
+                                    'stale input' in s.message.detail), None))
+    assert status.state == PolicyStatus.STATE_WAITING and 'joint states' in status.detail
+    time.sleep(0.3)
+    assert all(harness.robot.received(topic) == [] for topic in position_topics(harness))
+    harness.robot.joint_override = None
+    harness.wait_running()
+
+
+def test_a_nan_in_an_unused_joint_does_not_stop_the_robot(make_harness):
+    harness = make_harness()
+
+    def passive(topic: str, msg: JointState) -> JointState:
+        return JointState(header=msg.header, name=list(msg.name) + ['passive_mimic_joint'],
+                          position=list(msg.position) + [math.nan])
+    harness.robot.joint_override = passive
+    harness.start()
+    harness.wait_running()
+    count = len(harness.chunks)
+    wait_for(lambda: len(harness.chunks) > count)
+    assert harness.node._failures == 0
+
+
+def test_an_inference_failure_holds_with_a_zero_base_velocity(make_harness):
+    harness = make_harness('mobile_manipulator')
+    harness.start()
+    harness.wait_running()
+    used = harness.adapter.action_names[0]
+
+    def nan_state(topic: str, msg: JointState) -> JointState:
+        # The message is valid (it decodes), but the model's state would be NaN.
+        msg.position = [math.nan if n == used else p for n, p in zip(msg.name, msg.position)]
+        return msg
+    start = time.monotonic()
+    harness.robot.joint_override = nan_state
+    hold = wait_for(lambda: next((s for s in harness.statuses if s.time > start and
+                                  s.message.state == PolicyStatus.STATE_HOLDING and
+                                  'inference failure' in s.message.detail), None))
+    assert 'non-finite positions' in hold.message.detail and used in hold.message.detail
+    assert harness.node._failures >= 1
+    time.sleep(0.2)
+    base = next(spec for spec in harness.adapter.commands
+                if spec.type in (CommandType.TWIST, CommandType.TWIST_STAMPED))
+    after = harness.robot.received(base.topic, hold.time + 1.0 / RATE_HZ)
+    assert after and all(command_values(r.message) == [0.0] * 6 for r in after)
+    assert_within_limits(harness)
+    harness.robot.joint_override = None
+    resumed = time.monotonic()
+    wait_for(lambda: any(s.time > resumed and s.message.state == PolicyStatus.STATE_RUNNING
+                         for s in harness.statuses))
+
+
+def test_a_bad_topic_fails_configure_and_a_fixed_config_configures(make_harness, capfd):
+    harness = make_harness()
+    path = harness.node.get_parameter('robot').value
+    good = pathlib.Path(path).read_text()
+    data = yaml.safe_load(good)
+    data['cameras'][0]['topic'] = '/camera high/image'
+    pathlib.Path(path).write_text(yaml.safe_dump(data))
+    subscriptions = len(list(harness.node.subscriptions))
+    assert harness.node.trigger_configure() == FAILURE and harness.state() == 'unconfigured'
+    assert "'/camera high/image'" in capfd.readouterr().err  # the reason is logged
+    assert len(list(harness.node.subscriptions)) == subscriptions  # nothing left behind
+    pathlib.Path(path).write_text(good)
+    harness.start()
+    harness.wait_running()
+    expected = subscriptions + len(harness.node._inputs) + 1  # inputs + ~/instruction
+    assert len(list(harness.node.subscriptions)) == expected
+
+
+def test_a_failure_after_loading_the_model_releases_it(make_harness, capfd):
+    horizon = Pi0Config.tiny().action_horizon
+    harness = make_harness(strategy='sync', execute_steps=horizon + 1)
+    publishers = len(list(harness.node.publishers))
+    assert harness.node.trigger_configure() == FAILURE and harness.state() == 'unconfigured'
+    assert f'execute_steps={horizon + 1} exceeds' in capfd.readouterr().err
+    assert harness.node._policy is None and harness.node._entities == []
+    assert len(list(harness.node.publishers)) == publishers
+    assert not harness.node._managed_entities
+    harness.node.set_parameters([Parameter('execute_steps', value=horizon // 2)])
+    harness.start()
     harness.wait_running()
 
 

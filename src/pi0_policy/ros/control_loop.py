@@ -8,24 +8,31 @@ loop, not the timer, decides when a tick runs. This loop only needs the GIL for 
 Timing follows the rcl timer's semantics: ticks keep an absolute schedule (a late tick is followed
 by a short one) and periods that are missed entirely are skipped and counted, never queued. With
 ``use_sim_time`` the loop follows ROS time (the ``/clock`` topic) and waits while it is paused.
+
+A tick that raises does not end the loop: the error is counted, logged (throttled) and passed to
+``on_error`` (the node holds and reports ERROR), and the next tick runs on schedule.
 """
 
 import threading
 from typing import Callable
 
 from rclpy.clock import Clock, ClockType
+from rclpy.logging import get_logger
 
 NANOSECONDS = 1_000_000_000
 # Polling step while simulated time is active: /clock may advance faster or slower than wall time.
 SIM_TIME_POLL_S = 0.001
 # A deadline this many periods ahead of the clock means the clock jumped backwards.
 CLOCK_JUMP_PERIODS = 10
+# Seconds between two log lines about failing ticks (every failure is still counted).
+ERROR_LOG_PERIOD_S = 1.0
 
 
 class ControlLoop:
     """Call ``tick()`` every ``period_s`` seconds of the given clock on a dedicated thread."""
 
     def __init__(self, clock: Clock, period_s: float, tick: Callable[[], None], *,
+                 on_error: Callable[[Exception], None] | None = None,
                  name: str = 'pi0_control') -> None:
         """
         Create the loop (not started).
@@ -34,10 +41,13 @@ class ControlLoop:
             clock: The node's clock (ROS time; simulated when ``use_sim_time`` is set).
             period_s: Control period in seconds (> 0).
             tick: Called once per period on the loop thread; it must not block.
-            name: Thread name (shows in debuggers and ``top -H``).
+            on_error: Called on the loop thread with the exception of a tick that raised
+                (after it was counted and logged); None only counts and logs.
+            name: Thread name (shows in debuggers and ``top -H``); also the logger name.
 
         Raises:
             ValueError: If the period is not positive.
+
         """
         if not period_s > 0.0:
             raise ValueError(f'period_s must be > 0 seconds, got {period_s}; '
@@ -45,10 +55,14 @@ class ControlLoop:
         self._clock = clock
         self._period_ns = int(round(period_s * NANOSECONDS))
         self._tick = tick
+        self._on_error = on_error
+        self._logger = get_logger(name)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         # Periods skipped because a tick (or the machine) ran later than one whole period.
         self.missed_ticks = 0
+        # Ticks that raised an exception.
+        self.tick_errors = 0
 
     def start(self) -> None:
         """Start the loop thread; the first tick is one period from now."""
@@ -81,10 +95,25 @@ class ControlLoop:
             self._stop.wait(SIM_TIME_POLL_S if self._sim_time() else remaining)
         return False
 
+    def _run_tick(self) -> None:
+        """Run one tick; an exception is counted, logged and reported, never propagated."""
+        try:
+            self._tick()
+        except Exception as error:  # noqa: B902 - the loop must keep commanding (a hold)
+            self.tick_errors += 1
+            self._logger.error(f'control tick failed ({self.tick_errors} so far): {error!r}',
+                               throttle_duration_sec=ERROR_LOG_PERIOD_S)
+            if self._on_error is not None:
+                try:
+                    self._on_error(error)
+                except Exception as handler_error:  # noqa: B902 - same: keep the loop alive
+                    self._logger.error(f'control tick error handler failed: {handler_error!r}',
+                                       throttle_duration_sec=ERROR_LOG_PERIOD_S)
+
     def _run(self) -> None:
         deadline = self._now_ns() + self._period_ns
         while self._wait_until(deadline):
-            self._tick()
+            self._run_tick()
             deadline += self._period_ns
             now = self._now_ns()
             if now - deadline >= self._period_ns:  # a whole period missed: skip, do not queue

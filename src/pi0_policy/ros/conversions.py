@@ -10,7 +10,6 @@ Axis letters: H = image height, W = image width, C = channels, T = chunk horizon
 
 from collections.abc import Sequence
 import io
-import math
 
 from builtin_interfaces.msg import Duration, Time
 from geometry_msgs.msg import Twist, TwistStamped
@@ -18,6 +17,9 @@ from nav_msgs.msg import Odometry
 import numpy as np
 from pi0_msgs.msg import ActionChunk
 from PIL import Image as PilImage
+from rclpy.exceptions import InvalidTopicNameException
+from rclpy.expand_topic_name import expand_topic_name
+from rclpy.validate_full_topic_name import validate_full_topic_name
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, Header
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
@@ -72,6 +74,34 @@ def to_duration(seconds: float) -> Duration:
     """Return ``seconds`` (>= 0) as a builtin_interfaces Duration."""
     nanoseconds = int(round(seconds * NANOSECONDS))
     return Duration(sec=nanoseconds // NANOSECONDS, nanosec=nanoseconds % NANOSECONDS)
+
+
+def check_topic_name(topic: str, what: str, *, node_name: str, namespace: str) -> str:
+    """
+    Check that ``topic`` is a valid ROS topic name and return it fully expanded.
+
+    Args:
+        topic: The topic as configured (absolute, relative or ``~/`` private).
+        what: What the topic is for, used in the error (e.g. "camera 'cam_high' of robot ...").
+        node_name: Name of the node that will use the topic (expands ``~``).
+        namespace: Namespace of that node (expands relative names).
+
+    Returns:
+        The fully qualified topic name.
+
+    Raises:
+        ValueError: The name is not a valid ROS topic name (rcl's rules: alphanumerics, '_',
+            '/', no '//', not starting with a digit, ...).
+
+    """
+    try:
+        full = expand_topic_name(topic, node_name, namespace)
+        validate_full_topic_name(full)
+    except (ValueError, InvalidTopicNameException) as error:
+        raise ValueError(f'Topic {topic!r} of {what} is not a valid ROS topic name: {error}. '
+                         "Expected names like '/camera_high/image_raw' (alphanumerics, '_' and "
+                         "'/' only); fix the topic in the configuration.") from error
+    return full
 
 
 def validate_image(msg: Image) -> None:
@@ -291,8 +321,10 @@ def joint_state_to_arrays(msg: JointState, *, prefix: str = '') -> tuple[tuple[s
         (names, positions (N,) float64).
 
     Raises:
-        ValueError: Names and positions differ in length, a name is empty or repeated, or a
-            position is NaN/Inf.
+        ValueError: Names and positions differ in length, or a name is empty or repeated.
+
+    Positions are not checked for NaN/Inf here: drivers publish NaN for passive or mimic joints
+    the robot does not use, and the embodiment adapter checks the joints it uses.
 
     """
     names = tuple(msg.name)
@@ -306,10 +338,6 @@ def joint_state_to_arrays(msg: JointState, *, prefix: str = '') -> tuple[tuple[s
         raise ValueError(f'JointState repeats joint names in {list(names)}; expected unique '
                          'names.')
     positions = np.asarray(msg.position, np.float64)
-    bad = [name for name, value in zip(names, positions) if not math.isfinite(value)]
-    if bad:
-        raise ValueError(f'JointState position of {bad} is not finite; expected finite values. '
-                         'Check the joint state broadcaster.')
     return tuple(prefix + name for name in names), positions
 
 

@@ -10,15 +10,15 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 import enum
+import threading
 
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 import numpy as np
 from pi0_msgs.msg import PolicyStatus
+from pi0_policy.ros.observation import NEVER_RECEIVED
 from std_msgs.msg import Header
 
-# Sentinel age of an input that was never received (PolicyStatus convention).
-NEVER_RECEIVED = -1.0
 MEDIAN = 50.0
 TAIL = 99.0
 # Hardware id reported in /diagnostics (the node is software, not a device).
@@ -66,22 +66,29 @@ class LatencyWindow:
 
 
 class RateMeter:
-    """Count events over a sliding time window to report the achieved rate (Hz)."""
+    """
+    Count events over a sliding time window to report the achieved rate (Hz).
+
+    Thread-safe: the control thread calls ``tick`` while the reporting callbacks call ``rate``.
+    """
 
     def __init__(self, window: float) -> None:
         """Create a meter that averages over the last ``window`` seconds."""
         self._window = window
         self._times: deque[float] = deque()
+        self._lock = threading.Lock()
 
     def tick(self, now: float) -> None:
         """Record one event at time ``now`` (seconds)."""
-        self._times.append(now)
-        while self._times and self._times[0] < now - self._window:
-            self._times.popleft()
+        with self._lock:
+            self._times.append(now)
+            while self._times and self._times[0] < now - self._window:
+                self._times.popleft()
 
     def rate(self, now: float) -> float:
         """Return the events per second over the window ending at ``now``."""
-        recent = sum(1 for t in self._times if t >= now - self._window)
+        with self._lock:
+            recent = sum(1 for t in self._times if t >= now - self._window)
         return recent / self._window
 
 
@@ -119,6 +126,8 @@ class StatusSnapshot:
     hold_ticks: int
     clamped_commands: int
     inference_failures: int
+    # Control ticks that raised (the loop held and kept running); /diagnostics only.
+    tick_errors: int = 0
 
 
 def policy_status(snapshot: StatusSnapshot, stamp: Time) -> PolicyStatus:
@@ -175,6 +184,7 @@ def diagnostic_array(snapshot: StatusSnapshot, stamp: Time, node_name: str) -> D
         ('ticks', snapshot.ticks), ('hold_ticks', snapshot.hold_ticks),
         ('clamped_commands', snapshot.clamped_commands),
         ('inference_failures', snapshot.inference_failures),
+        ('tick_errors', snapshot.tick_errors),
         ('last_error', snapshot.last_error)])
     statuses = [summary]
     for name, age in zip(snapshot.input_names, snapshot.input_ages):

@@ -106,11 +106,19 @@ class ObservationBuffer:
                 return f'{name} is {age:.3f} s old (max_age {self._max_age:.3f} s)'
         return None
 
-    def snapshot(self) -> dict[str, InputSample]:
-        """Return the newest valid sample of every input received so far."""
+    def snapshot(self, now: float | None = None) -> dict[str, InputSample]:
+        """
+        Return the newest valid sample of every input received so far.
+
+        Args:
+            now: When given, only samples at most ``max_age`` old at ``now`` (seconds) are
+                returned: a hold must not go back to a pose measured long ago.
+
+        """
         with self._lock:
             return {name: sample for name, sample in self._samples.items()
-                    if name not in self._errors}
+                    if name not in self._errors
+                    and (now is None or now - sample.stamp <= self._max_age)}
 
     def _check_name(self, name: str) -> None:
         """Raise if ``name`` is not an input (a wiring bug, not bad data)."""
@@ -175,6 +183,30 @@ def input_specs(adapter: Any, odom_topic: str) -> tuple[InputSpec, ...]:
     if adapter.config.base_in_state:
         specs.append(InputSpec(f"odometry '{odom_topic}'", InputKind.ODOMETRY, odom_topic))
     return tuple(specs)
+
+
+def check_topics(adapter: Any, specs: Sequence[InputSpec], *, node_name: str,
+                 namespace: str) -> None:
+    """
+    Check every input and command topic of a robot before anything subscribes or publishes.
+
+    Args:
+        adapter: The embodiment adapter (command topics; its config source names the file).
+        specs: The inputs (``input_specs``).
+        node_name: Name of the node (expands ``~``).
+        namespace: Namespace of the node (expands relative names).
+
+    Raises:
+        ValueError: A topic is not a valid ROS topic name; the message names the input or
+            command, the robot config file and the rule broken.
+
+    """
+    where = f'robot config {adapter.config.source}'
+    topics = ([(spec.topic, f'input {spec.name} ({where})') for spec in specs] +
+              [(command.topic, f'command {command.type} ({where})')
+               for command in adapter.commands])
+    for topic, what in topics:
+        conversions.check_topic_name(topic, what, node_name=node_name, namespace=namespace)
 
 
 def required_names(adapter: Any, specs: Sequence[InputSpec]) -> tuple[str, ...]:
@@ -265,15 +297,46 @@ def measured_command(adapter: Any, specs: Sequence[InputSpec],
     """
     Return the measured robot position as a (D,) command (base dims 0), or None if unknown.
 
-    Used as the reference of the first safe command and of a hold before any command.
+    Used as the reference of the first safe command and of a hold before any command, so it
+    must equal what the robot's command joints read now. Arm joints are read by name. A gripper
+    reads its command joint's own JointState value when the robot publishes it (Interbotix and
+    the sim publish ``gripper``); otherwise its state joint's opening fraction between the
+    robot's state closed/open values is mapped onto the command closed/open values. The model's
+    state -> action conventions are not used: ALOHA's state and action gripper conventions
+    differ, and a round trip through them would move the gripper on the first command.
+
+    Args:
+        adapter: The embodiment adapter.
+        specs: The inputs.
+        samples: The samples to read, e.g. ``ObservationBuffer.snapshot(now)`` (fresh only).
+
+    Returns:
+        (D,) command in ``action_names`` order, or None when a used joint is missing or not
+        finite.
+
     """
     names, positions = joint_positions(specs, samples)
-    try:
-        state = adapter.state_from_joint_states(
+    try:  # every used joint present and finite (the adapter's checks and messages)
+        adapter.state_from_joint_states(
             names, positions, np.zeros(len(adapter.config.base))
             if adapter.config.base_in_state else None)
     except ValueError:
         return None
-    command = adapter.actions_from_unified(adapter.state_to_unified(state)[None])[0]  # (D,)
-    command[np.asarray(adapter.is_velocity, bool)] = 0.0
-    return command
+    value = dict(zip(names, positions))
+    command = np.zeros(adapter.dof)  # (D,) joints first, then base dims (0: at rest)
+    for k, joint in enumerate(adapter.config.joints):
+        command[k] = _measured_joint(joint, value)
+    return command if np.isfinite(command).all() else None
+
+
+def _measured_joint(joint: Any, value: Mapping[str, float]) -> float:
+    """Return the command-joint value of one ``JointSpec`` from joint positions by name."""
+    gripper = joint.gripper
+    if gripper is None:
+        return value[joint.name]
+    own = value.get(joint.name)
+    if own is not None and np.isfinite(own):
+        return own
+    fraction = (value[gripper.state_joint] - gripper.state_closed_value) / (
+        gripper.state_open_value - gripper.state_closed_value)  # 0 = closed, 1 = open
+    return gripper.closed_value + fraction * (gripper.open_value - gripper.closed_value)

@@ -16,6 +16,7 @@ from typing import Any
 
 from pi0_policy.runtime.chunking import available_strategies, ExecutionConfig
 from pi0_policy.runtime.config import DTYPES, NodeConfig, PolicyLoadConfig, ReportingConfig
+from pi0_policy.runtime.pipeline import ACTION_MODE_ROBOT, ACTION_MODES
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 ParameterType)
 from rclpy.node import Node
@@ -26,6 +27,8 @@ _TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEG
 # Largest value of an unbounded integer parameter.
 _INT_MAX = 2 ** 31 - 1
 STRATEGIES = available_strategies()
+# Torch device used when the 'device' parameter is empty (launch files pass '' for "not given").
+DEFAULT_DEVICE = 'cpu'
 
 
 @dataclass(frozen=True)
@@ -73,10 +76,16 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               read_only=True),
     ParamSpec('checkpoint', '', 'pi0 checkpoint folder (openpi or LeRobot layout); empty loads '
               'a tiny random model for tests and dry runs.', read_only=True),
-    ParamSpec('device', 'cpu', "Torch device: 'cpu', 'cuda' or 'cuda:<index>'.", read_only=True),
+    ParamSpec('device', DEFAULT_DEVICE, "Torch device: 'cpu', 'cuda' or 'cuda:<index>'; empty "
+              f"means '{DEFAULT_DEVICE}'.", read_only=True),
     ParamSpec('dtype', 'float32', 'Torch dtype of the model.', choices=DTYPES, read_only=True),
-    ParamSpec('asset_id', '', 'Norm-stats asset id in the checkpoint; empty uses the robot '
-              "config's.", read_only=True),
+    ParamSpec('asset_id', '', 'Norm-stats asset id in the checkpoint (may be nested, e.g. '
+              "lerobot/aloha_sim_transfer_cube_human); empty uses the robot config's "
+              "norm_stats_asset_id, else the checkpoint's only asset.", read_only=True),
+    ParamSpec('action_mode', ACTION_MODE_ROBOT, "How the checkpoint's actions relate to the "
+              "state: 'robot' = the robot config's per-joint delta/absolute modes; 'absolute' = "
+              'no delta transform (checkpoints trained on absolute actions, e.g. openpi '
+              'pi0_aloha_sim).', choices=ACTION_MODES, read_only=True),
     ParamSpec('torch_threads', 1, 'Intra-op torch threads; keep small so that inference does '
               'not starve the 50 Hz control timer.', range=(1, 256), read_only=True),
     ParamSpec('inference_niceness', 10, 'Added to the nice value of the inference thread '
@@ -92,7 +101,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('strategy', 'async', 'Chunk execution: sync (execute execute_steps actions, then '
               'infer), async (infer while executing, latency-aware) or ensemble (ACT temporal '
               'ensembling).', choices=STRATEGIES),
-    ParamSpec('control_rate_hz', 50.0, 'Rate of the control timer and of the commands (Hz).',
+    ParamSpec('control_rate_hz', 50.0, 'Rate of the control loop and of the commands (Hz); the '
+              "chunk's actions are spaced at the robot config's control_rate_hz and sampled "
+              'with linear interpolation when the rates differ.',
               range=(1.0, 1000.0)),
     ParamSpec('execute_steps', 25, 'sync: actions executed from each chunk before the robot '
               'holds and the next inference starts.', range=(1, 10_000)),
@@ -100,8 +111,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               'actions are left in the current chunk.', range=(0, 10_000)),
     ParamSpec('ensemble_coefficient', 0.01, 'ensemble: ACT weight coefficient m in '
               'w_j = exp(-m * j), j = 0 the oldest chunk.', range=(0.0, 10.0)),
-    ParamSpec('max_chunk_age', 2.0, 'Oldest a chunk may be (s since its observation) for an '
-              'action to be taken from it.', range=(0.01, 600.0)),
+    ParamSpec('max_chunk_age', 2.0, 'async/ensemble: oldest a chunk may be (s since its '
+              'observation) for an action to be taken from it; sync ignores it (the robot holds '
+              'while inferring).', range=(0.01, 600.0)),
     ParamSpec('max_age', 0.2, 'Seconds after which an input (camera, joint states, odometry) is '
               'stale: no new inference and the robot holds.', range=(0.001, 60.0)),
     ParamSpec('enabled_at_start', True, 'Send commands right after activation; otherwise wait '
@@ -174,8 +186,10 @@ def node_config_from_values(values: Mapping[str, Any]) -> NodeConfig:
         base_frame_id=v['base_frame_id'], odom_topic=v['odom_topic'],
         velocity_scale=v['velocity_scale'],
         policy=PolicyLoadConfig(
-            checkpoint=v['checkpoint'] or None, device=v['device'], dtype=v['dtype'],
-            num_steps=v['num_steps'], asset_id=v['asset_id'] or None, seed=v['seed'],
+            checkpoint=v['checkpoint'] or None, device=v['device'] or DEFAULT_DEVICE,
+            dtype=v['dtype'], num_steps=v['num_steps'], asset_id=v['asset_id'] or None,
+            action_mode=v['action_mode'],
+            seed=v['seed'],
             torch_threads=v['torch_threads'], inference_niceness=v['inference_niceness']),
         execution=ExecutionConfig(
             strategy=v['strategy'], control_rate_hz=v['control_rate_hz'],

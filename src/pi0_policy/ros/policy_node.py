@@ -2,11 +2,16 @@
 The pi0 policy as a managed (lifecycle) ROS 2 node: cameras + joint states in, commands out.
 
 Transitions: configure reads the parameters once, loads the robot config and the policy and
-warms it up (a bad config gives FAILURE with the reason logged); activate starts the control
-timer and the inference thread; deactivate stops them (the base gets a zero twist) and holds;
-cleanup frees the model. Threads: the control timer has its own callback group and only takes
-the next action from the chunk executor, filters it and publishes; subscriptions, services and
-reporting share another group; inference runs in ``InferenceWorker``'s thread.
+warms it up (a bad config gives FAILURE with the reason logged, and everything configure had
+created is released); activate starts the control loop and the inference thread; deactivate
+stops them, then a node that was commanding holds its last command while a disabled one sends
+no position command (bases get a zero twist either way); cleanup frees the model. Commands flow
+only while enabled (``~/enable``).
+
+Threads: the control loop (``ControlLoop``) has its own thread and only takes the next action
+from the chunk executor, filters it and publishes (a tick that raises gives a hold and the ERROR
+state; the loop keeps running); subscriptions, services and reporting share one callback group;
+inference runs in ``InferenceWorker``'s thread.
 
 Shutdown (Ctrl-C, SIGTERM, or the shutdown transition): ``close()`` stops the control timer, waits
 for a tick in progress, joins the inference thread (a thread still running torch at interpreter
@@ -19,9 +24,10 @@ command timeout.
 from dataclasses import replace
 import sys
 import threading
+import traceback
 
 from diagnostic_msgs.msg import DiagnosticArray
-from embodiment_adapters import load_robot_config, make_adapter, unified
+from embodiment_adapters import EmbodimentAdapter, load_robot_config, make_adapter, unified
 from pi0_msgs.msg import ActionChunk, PolicyStatus
 from pi0_msgs.srv import SetInstruction
 from pi0_policy.ros import conversions, diagnostics, params, visualization
@@ -29,19 +35,26 @@ from pi0_policy.ros.commands import CommandRouter
 from pi0_policy.ros.control_loop import ControlLoop
 from pi0_policy.ros.diagnostics import NodeState
 from pi0_policy.ros.observation import (
-    assemble_observation, check_message, input_specs, InputError, measured_command,
-    MESSAGE_TYPES, ObservationBuffer, required_names)
+    assemble_observation, check_message, check_topics, input_specs, InputError, InputSpec,
+    measured_command, MESSAGE_TYPES, ObservationBuffer, required_names)
 from pi0_policy.ros.worker import InferenceWorker
-from pi0_policy.runtime.chunking import make_executor
+from pi0_policy.runtime.chunking import ChunkExecutor, make_executor
+from pi0_policy.runtime.config import NodeConfig
 from pi0_policy.runtime.policy import Pi0Policy, TIME_TOTAL
 from pi0_policy.runtime.safety import HoldReason, SafetyConfig, SafetyFilter
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.exceptions import NameValidationException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import (
+    LifecycleNode, LifecyclePublisher, LifecycleState, TransitionCallbackReturn)
 from rclpy.logging import get_logger
+from rclpy.publisher import Publisher
 from rclpy.qos import qos_profile_sensor_data
+from rclpy.service import Service
+from rclpy.subscription import Subscription
+from rclpy.timer import Timer
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
@@ -56,6 +69,13 @@ MS = 1000.0
 EXECUTOR_THREADS = 3
 GIL_SWITCH_INTERVAL = 0.001  # seconds
 SHUTDOWN_LOGGER = f'{NODE_NAME}.shutdown'  # console-only logger used once ROS is shut down
+LOG_PERIOD_S = 1.0  # seconds between repeated warnings of one kind
+# Errors of a bad configuration (parameters, robot YAML, checkpoint, device): configure FAILURE.
+CONFIGURE_ERRORS = (ValueError, TypeError, OSError, RuntimeError, NameValidationException)
+# How configure's entities are destroyed; LifecyclePublisher first (it is also a Publisher).
+_DESTROY = ((LifecyclePublisher, 'destroy_lifecycle_publisher'),
+            (Publisher, 'destroy_publisher'), (Subscription, 'destroy_subscription'),
+            (Service, 'destroy_service'), (Timer, 'destroy_timer'))
 
 
 class PolicyNode(LifecycleNode):
@@ -65,11 +85,35 @@ class PolicyNode(LifecycleNode):
         """Declare the parameters; configure/activate at once when ``autostart`` is set."""
         super().__init__(NODE_NAME, **kwargs)
         params.declare_parameters(self)
-        self._config = None
+        # Created by configure, released by cleanup.
+        self._config: NodeConfig | None = None
+        self._adapter: EmbodimentAdapter | None = None
         self._policy: Pi0Policy | None = None
-        self._worker: InferenceWorker | None = None
-        self._control_timer = None
+        self._router: CommandRouter | None = None
+        self._executor: ChunkExecutor | None = None
+        self._safety: SafetyFilter | None = None
+        self._inputs: tuple[InputSpec, ...] = ()
+        self._buffer: ObservationBuffer | None = None
+        self._ghosts: tuple[visualization.GhostGroup, ...] = ()
+        self._latency: diagnostics.LatencyWindow | None = None
+        self._rate: diagnostics.RateMeter | None = None
+        self._command_pubs: list[LifecyclePublisher] = []
+        self._ghost_pubs: list[LifecyclePublisher] = []
+        self._chunk_pub: LifecyclePublisher | None = None
+        self._marker_pub: LifecyclePublisher | None = None
+        self._status_pub: Publisher | None = None
+        self._diag_pub: Publisher | None = None
         self._entities: list = []  # subscriptions, publishers, services, timers of configure
+        # Created by activate, stopped by deactivate.
+        self._worker: InferenceWorker | None = None
+        self._control_timer: ControlLoop | None = None
+        # Run-time state (reset by configure / activate).
+        self._instruction, self._enabled = '', False
+        self._state, self._detail, self._last_error = NodeState.UNCONFIGURED, '', ''
+        self._sequence = self._ticks = self._hold_ticks = self._failures = self._tick_errors = 0
+        # _commanded: a policy action was sent since the last enable/activate (holds may follow).
+        self._in_flight = self._reset_pending = self._commanded = False
+        self._fault: str | None = None
         # Held by a control tick; close() takes it to wait for a tick that is still running.
         self._tick_lock = threading.Lock()
         if self.get_parameter('autostart').value:
@@ -80,86 +124,111 @@ class PolicyNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Load robot + policy, warm up, create I/O; FAILURE (reason logged) on a bad config."""
         try:
-            cfg = params.read_node_config(self)
-            torch.set_num_threads(cfg.policy.torch_threads)
-            adapter = make_adapter(load_robot_config(cfg.robot))
-            policy = Pi0Policy.from_checkpoint(
-                cfg.policy.checkpoint, adapter, device=cfg.policy.device, dtype=cfg.policy.dtype,
-                num_steps=cfg.policy.num_steps, asset_id=cfg.policy.asset_id, seed=cfg.policy.seed)
-            policy.warmup()
-            execution = replace(cfg.execution, horizon=policy.action_horizon)
-            safety = SafetyConfig(
-                lower=adapter.lower, upper=adapter.upper, is_velocity=adapter.is_velocity,
-                max_velocity=adapter.max_velocity * cfg.velocity_scale, dt=execution.dt,
-                names=adapter.action_names)
-            router = CommandRouter(adapter.commands, adapter.action_names, adapter.config.base,
-                                   control_period=execution.dt, base_frame_id=cfg.base_frame_id)
-        except (ValueError, TypeError, OSError, RuntimeError) as error:
+            self._configure()
+        except CONFIGURE_ERRORS as error:
+            self._release()  # no model, no half-created I/O: a later configure starts clean
             self.get_logger().error(f'configure failed: {error}')
             return TransitionCallbackReturn.FAILURE
-        self._config, self._adapter, self._policy, self._router = cfg, adapter, policy, router
-        self._executor, self._safety = make_executor(execution), SafetyFilter(safety)
-        self._inputs = input_specs(adapter, cfg.odom_topic)
-        self._buffer = ObservationBuffer([s.name for s in self._inputs], cfg.max_age,
-                                         required_names(adapter, self._inputs))
+        except BaseException:
+            self._release()
+            self.get_logger().error(f'configure failed:\n{traceback.format_exc()}')
+            raise  # rclpy turns it into ERROR
+        self.get_logger().info(
+            f"configured robot '{self._adapter.name}' ({self._adapter.dof} dims, "
+            f'{len(self._inputs)} inputs) with '
+            f"{self._config.policy.checkpoint or 'a tiny random model'}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure(self) -> None:
+        """Do configure's work; raises on a bad configuration (the caller releases)."""
+        cfg = params.read_node_config(self)
+        torch.set_num_threads(cfg.policy.torch_threads)
+        adapter = make_adapter(load_robot_config(cfg.robot))
+        inputs = input_specs(adapter, cfg.odom_topic)
+        check_topics(adapter, inputs, node_name=self.get_name(), namespace=self.get_namespace())
+        router = CommandRouter(adapter.commands, adapter.action_names, adapter.config.base,
+                               control_period=cfg.execution.dt, base_frame_id=cfg.base_frame_id)
+        self._policy = Pi0Policy.from_checkpoint(
+            cfg.policy.checkpoint, adapter, device=cfg.policy.device, dtype=cfg.policy.dtype,
+            num_steps=cfg.policy.num_steps, asset_id=cfg.policy.asset_id, seed=cfg.policy.seed,
+            action_mode=cfg.policy.action_mode)
+        self._policy.warmup()
+        # Ticks run at the node's control rate; the chunk's actions are spaced at the rate of the
+        # robot's data (its config), which the executor interpolates.
+        execution = replace(cfg.execution, horizon=self._policy.action_horizon,
+                            chunk_rate_hz=adapter.config.control_rate_hz)
+        self._executor = make_executor(execution)
+        self._safety = SafetyFilter(SafetyConfig(
+            lower=adapter.lower, upper=adapter.upper, is_velocity=adapter.is_velocity,
+            max_velocity=adapter.max_velocity * cfg.velocity_scale, dt=execution.dt,
+            names=adapter.action_names))
+        self._buffer = ObservationBuffer([s.name for s in inputs], cfg.max_age,
+                                         required_names(adapter, inputs))
+        self._config, self._adapter, self._router, self._inputs = cfg, adapter, router, inputs
+        self._ghosts = visualization.ghost_groups(adapter)
         self._instruction, self._enabled = cfg.prompt, cfg.enabled_at_start
         self._latency = diagnostics.LatencyWindow(cfg.reporting.latency_window)
         self._rate = diagnostics.RateMeter(RATE_WINDOW)
         self._state, self._detail, self._last_error = NodeState.INACTIVE, '', ''
-        self._sequence = self._ticks = self._hold_ticks = self._failures = 0
+        self._sequence = self._ticks = self._hold_ticks = self._failures = self._tick_errors = 0
         self._in_flight = self._reset_pending = self._commanded = False
-        self._fault: str | None = None
+        self._fault = None
         self._create_io(cfg)
-        self.get_logger().info(
-            f"configured robot '{adapter.name}' ({adapter.dof} dims, {len(self._inputs)} inputs) "
-            f"with {cfg.policy.checkpoint or 'a tiny random model'}")
-        return TransitionCallbackReturn.SUCCESS
 
-    def _create_io(self, cfg) -> None:
+    def _keep(self, entity):
+        """Record an entity of configure (destroyed by cleanup or a failed configure)."""
+        self._entities.append(entity)
+        return entity
+
+    def _create_io(self, cfg: NodeConfig) -> None:
         """Create subscriptions, publishers, services and reporting timers."""
-        io = MutuallyExclusiveCallbackGroup()
+        io, keep = MutuallyExclusiveCallbackGroup(), self._keep
         for spec in self._inputs:
-            self._entities.append(self.create_subscription(
+            keep(self.create_subscription(
                 MESSAGE_TYPES[spec.kind], spec.topic,
                 lambda msg, spec=spec: self._on_input(spec, msg), qos_profile_sensor_data,
                 callback_group=io))
-        self._command_pubs = [self.create_lifecycle_publisher(t, s.topic, DEPTH)
+        self._command_pubs = [keep(self.create_lifecycle_publisher(t, s.topic, DEPTH))
                               for t, s in zip(self._router.message_types, self._router.specs)]
-        self._chunk_pub = self.create_lifecycle_publisher(ActionChunk, '~/action_chunk', DEPTH)
-        self._ghost_pub = self.create_lifecycle_publisher(JointState, '~/preview/joint_states',
-                                                          DEPTH)
-        self._marker_pub = self.create_lifecycle_publisher(MarkerArray, '~/preview/markers',
-                                                           DEPTH)
-        self._status_pub = self.create_publisher(PolicyStatus, '~/status', DEPTH)
-        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', DEPTH)
-        self._entities += self._command_pubs + [
-            self._chunk_pub, self._ghost_pub, self._marker_pub, self._status_pub, self._diag_pub,
-            self.create_subscription(String, '~/instruction', self._on_instruction, DEPTH,
-                                     callback_group=io),
-            self.create_service(SetInstruction, '~/set_instruction', self._on_set_instruction,
-                                callback_group=io),
-            self.create_service(SetBool, '~/enable', self._on_enable, callback_group=io),
-            self.create_timer(1.0 / cfg.reporting.status_rate_hz, self._publish_status,
-                              callback_group=io),
-            self.create_timer(1.0 / cfg.reporting.diagnostics_rate_hz, self._publish_diagnostics,
-                              callback_group=io)]
+        self._chunk_pub = keep(self.create_lifecycle_publisher(ActionChunk, '~/action_chunk',
+                                                               DEPTH))
+        self._ghost_pubs = [keep(self.create_lifecycle_publisher(JointState, g.topic, DEPTH))
+                            for g in self._ghosts]
+        self._marker_pub = keep(self.create_lifecycle_publisher(MarkerArray, '~/preview/markers',
+                                                                DEPTH))
+        self._status_pub = keep(self.create_publisher(PolicyStatus, '~/status', DEPTH))
+        self._diag_pub = keep(self.create_publisher(DiagnosticArray, '/diagnostics', DEPTH))
+        keep(self.create_subscription(String, '~/instruction', self._on_instruction, DEPTH,
+                                      callback_group=io))
+        keep(self.create_service(SetInstruction, '~/set_instruction', self._on_set_instruction,
+                                 callback_group=io))
+        keep(self.create_service(SetBool, '~/enable', self._on_enable, callback_group=io))
+        keep(self.create_timer(1.0 / cfg.reporting.status_rate_hz, self._publish_status,
+                               callback_group=io))
+        keep(self.create_timer(1.0 / cfg.reporting.diagnostics_rate_hz,
+                               self._publish_diagnostics, callback_group=io))
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Start the inference thread and the control timer, then enable the publishers."""
+        """Enable the publishers, then start the inference thread and the control loop."""
+        result = super().on_activate(state)
+        if result != TransitionCallbackReturn.SUCCESS:
+            return result
         self._executor.reset()
         self._safety.reset()
-        self._commanded = False
+        # A wake the previous worker never served must not block inference now.
+        self._commanded = self._in_flight = self._reset_pending = False
+        self._fault = None
         self._worker = InferenceWorker(self._infer_once, self._on_inference_error,
                                        niceness=self._config.policy.inference_niceness)
         self._worker.start()
         self._control_timer = ControlLoop(self.get_clock(), self._executor.config.dt,
-                                          self._on_control_tick)
+                                          self._on_control_tick, on_error=self._on_tick_error)
         self._control_timer.start()
         self._set_state(NodeState.WAITING if self._enabled else NodeState.DISABLED, '')
-        return super().on_activate(state)
+        return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Stop commanding: stop the timer, zero the base, join the inference thread."""
+        """Stop commanding: stop the loop, join the inference thread, hold (zero base)."""
         self._stop_control()
         self._set_state(NodeState.INACTIVE, '')
         return super().on_deactivate(state)
@@ -167,6 +236,7 @@ class PolicyNode(LifecycleNode):
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Destroy the I/O and release the model (GPU memory too)."""
         self._release()
+        self._state = NodeState.UNCONFIGURED
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -185,7 +255,7 @@ class PolicyNode(LifecycleNode):
         self._release()
 
     def _stop_control(self) -> None:
-        """Stop the control timer, join the worker, then send a final hold (zero base velocity)."""
+        """Stop the control loop, join the worker, then send the final command."""
         with self._tick_lock:  # a tick in progress finishes first; later ticks see no timer
             timer, self._control_timer = self._control_timer, None
         if timer is not None:
@@ -193,11 +263,17 @@ class PolicyNode(LifecycleNode):
         if self._worker is not None:
             self._worker.stop()  # joins the thread; waits for an inference in progress
             self._worker = None
+        self._in_flight = False  # a wake the stopped worker never served
         if timer is not None:
             self._final_hold()
 
     def _final_hold(self) -> None:
-        """Publish one hold command if the ROS context can still deliver it; never raise."""
+        """
+        Send the last command if the ROS context can still deliver it; never raise.
+
+        Commands flow only while enabled: a node that was commanding holds its last command;
+        otherwise (disabled, or nothing commanded yet) only bases get a zero velocity.
+        """
         # Not the node's logger: it would also try to publish to /rosout, which is gone.
         logger = get_logger(SHUTDOWN_LOGGER)
         if not self.context.ok():
@@ -205,18 +281,19 @@ class PolicyNode(LifecycleNode):
                         'last command).')
             return
         try:
-            self._publish(self._safety.hold(HoldReason.DISABLED, self._measured())[0])
+            self._publish(self._safety.hold(HoldReason.DISABLED)[0] if self._commanded
+                          else None)
         except _rclpy.RCLError as error:  # the context was shut down after the check above
             logger.info(f'final hold command not sent: {error}')
+        self._commanded = False
 
     def _release(self) -> None:
         """Destroy configure's entities and close the policy."""
-        for entity in self._entities:
-            destroy = {'Subscription': self.destroy_subscription, 'Service':
-                       self.destroy_service, 'Timer': self.destroy_timer}.get(
-                type(entity).__name__, self.destroy_publisher)
-            destroy(entity)
-        self._entities = []
+        for entity in reversed(self._entities):
+            method = next(name for kind, name in _DESTROY if isinstance(entity, kind))
+            getattr(self, method)(entity)
+        self._entities, self._command_pubs, self._ghost_pubs = [], [], []
+        self._chunk_pub = self._marker_pub = self._status_pub = self._diag_pub = None
         if self._policy is not None:
             self._policy.close()
             self._policy = None
@@ -253,14 +330,16 @@ class PolicyNode(LifecycleNode):
         return response
 
     def _on_enable(self, request, response):
-        self._enabled = request.data
+        # Reset first: a tick between the two writes must not execute an action planned
+        # before the disable.
         self._reset_pending = True
+        self._enabled = request.data
         response.success, response.message = True, f'enabled={request.data}'
         return response
 
     def _report_error(self, text: str) -> None:
         self._last_error = text
-        self.get_logger().warning(text, throttle_duration_sec=1.0)
+        self.get_logger().warning(text, throttle_duration_sec=LOG_PERIOD_S)
 
     # ----- inference (worker thread) -------------------------------------------------------
     def _infer_once(self) -> None:
@@ -275,8 +354,9 @@ class PolicyNode(LifecycleNode):
                 self._buffer.reject(error.spec.name, error.reason)
                 raise
             result = self._policy.infer(observation)
+            if not self._executor.add_chunk(result.actions, obs_time, self._sequence + 1):
+                return  # not newer than a queued chunk: never executed, so not published
             self._sequence += 1
-            self._executor.add_chunk(result.actions, obs_time, self._sequence)
             self._fault = None
             self._latency.add(result.timing[TIME_TOTAL] / MS)
             self._publish_chunk(result, obs_time, instruction)
@@ -298,23 +378,37 @@ class PolicyNode(LifecycleNode):
             control_period=self._executor.config.dt, joint_names=a.action_names,
             actions=result.actions, unified_names=unified.UNIFIED_NAMES,
             unified_actions=result.unified_actions,
-            inference_latency=result.timing[TIME_TOTAL] / MS))
+            inference_latency=self._now() - obs_time))  # observation -> chunk, as documented
         if self._config.reporting.preview:
-            ghost, markers = visualization.chunk_preview(
-                a, result.actions, control_period=self._executor.config.dt, stamp=stamp,
-                frame_id=self._config.reporting.preview_frame)
-            self._ghost_pub.publish(ghost)
+            ghosts, markers = visualization.chunk_preview(
+                a, self._ghosts, result.actions, control_period=self._executor.config.dt,
+                stamp=stamp, frame_id=self._config.reporting.preview_frame)
+            for publisher, ghost in zip(self._ghost_pubs, ghosts):
+                publisher.publish(ghost)
             self._marker_pub.publish(markers)
 
-    # ----- control (timer thread) ----------------------------------------------------------
-    def _measured(self):
-        return measured_command(self._adapter, self._inputs, self._buffer.snapshot())
+    # ----- control (loop thread) -----------------------------------------------------------
+    def _measured(self, now: float):
+        """Return the (D,) measured command from inputs younger than max_age, or None."""
+        return measured_command(self._adapter, self._inputs, self._buffer.snapshot(now))
 
     def _on_control_tick(self) -> None:
         """Run one control tick unless control was stopped while this callback waited."""
         with self._tick_lock:
             if self._control_timer is not None:
                 self._control_tick()
+
+    def _on_tick_error(self, error: Exception) -> None:
+        """Hold and report ERROR after a tick raised (the loop logged it and keeps running)."""
+        with self._tick_lock:
+            if self._control_timer is None:
+                return
+            self._tick_errors += 1
+            self._reset_pending = True  # the plan may be half updated
+            self._last_error = f'control tick failed: {error!r}'
+            if self._enabled:
+                self._publish(self._safety.hold(HoldReason.NO_ACTION)[0])
+            self._set_state(NodeState.ERROR, self._last_error)
 
     def _control_tick(self) -> None:
         """Take the next action (or hold), make it safe and publish it; never infers."""
@@ -335,26 +429,30 @@ class PolicyNode(LifecycleNode):
         if problem is not None:
             if self._state == NodeState.RUNNING:
                 self._executor.reset()  # the plan came from inputs that are now stale
-            return self._hold(HoldReason.STALE_INPUT, problem)
+            return self._hold(HoldReason.STALE_INPUT, problem, now)
         action = self._executor.next_action(now)
         if not self._in_flight and self._executor.needs_inference(now):
             self._in_flight = True
             self._worker.wake()
         if action is None:
             reason = HoldReason.INFERENCE_FAILURE if self._fault else HoldReason.NO_ACTION
-            return self._hold(reason, self._fault or 'waiting for the next chunk')
-        measured = None if self._safety.last_command is not None else self._measured()
-        if measured is None and self._safety.last_command is None:
-            return self._hold(HoldReason.NO_ACTION, 'no joint positions yet')
+            return self._hold(reason, self._fault or 'waiting for the next chunk', now)
+        measured = None  # the first command starts from the fresh measured positions
+        if self._safety.last_command is None:
+            measured = self._measured(now)
+            if measured is None:
+                return self._hold(HoldReason.NO_ACTION, 'no fresh joint positions yet', now)
         command, report = self._safety.filter(action, measured)
         self._publish(command)
         self._commanded = True
         self._set_state(NodeState.RUNNING, report.describe(self._safety.config)
                         if report.clamped else '')
 
-    def _hold(self, reason: HoldReason, detail: str) -> None:
+    def _hold(self, reason: HoldReason, detail: str, now: float) -> None:
+        """Hold the last command; before any, the fresh measured pose, else only zero base."""
         self._hold_ticks += 1
-        self._publish(self._safety.hold(reason, self._measured())[0])
+        measured = None if self._safety.last_command is not None else self._measured(now)
+        self._publish(self._safety.hold(reason, measured)[0])
         self._set_state(NodeState.HOLDING if self._commanded else NodeState.WAITING,
                         f'{reason.value}: {detail}')
 
@@ -389,7 +487,8 @@ class PolicyNode(LifecycleNode):
             chunk_index=max(progress.index, 0), chunk_length=progress.length,
             chunk_age=progress.chunk_age or 0.0, last_error=self._last_error,
             ticks=self._ticks, hold_ticks=self._hold_ticks,
-            clamped_commands=self._safety.stats.clamped, inference_failures=self._failures)
+            clamped_commands=self._safety.stats.clamped, inference_failures=self._failures,
+            tick_errors=self._tick_errors)
 
     def _publish_status(self) -> None:
         self._status_pub.publish(diagnostics.policy_status(
