@@ -220,3 +220,18 @@ def test_calibrate_measures_the_sim_with_its_settings():
 def test_policy_node_name_matches_the_node():
     from pi0_policy.ros import policy_node
     assert demo.POLICY_NODE_NAME == policy_node.NODE_NAME
+
+
+def test_param_overrides_are_typed_and_reach_the_policy_params(tmp_path):
+    """--param NAME=VALUE values are parsed as YAML scalars and land in the node's params."""
+    overrides = demo.parse_param_overrides(['action_mode=absolute', 'num_steps=5',
+                                            'asset_id=lerobot/aloha_sim'])
+    assert overrides == {'action_mode': 'absolute', 'num_steps': 5,
+                         'asset_id': 'lerobot/aloha_sim'}
+    with pytest.raises(ValueError, match="--param 'num_steps' must look like NAME=VALUE"):
+        demo.parse_param_overrides(['num_steps'])
+    options = demo.DemoOptions(policy_params=overrides)
+    params = demo.write_params(options, tmp_path / 'params.yaml', sim_time=False,
+                               strategy='async')
+    policy = params[demo.POLICY_NODE_NAME][demo.ROS_PARAMETERS_KEY]
+    assert (policy['action_mode'], policy['num_steps']) == ('absolute', 5)

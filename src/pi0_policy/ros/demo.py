@@ -30,7 +30,7 @@ actions: the robot holds while the model infers, executes ``execute_steps`` acti
 import argparse
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import os
 import pathlib
 import signal
@@ -131,6 +131,8 @@ class DemoOptions:
     video_format: str = 'mp4'
     # Seconds the pi0 node may take to load and become active.
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
+    # Extra pi0_policy_node parameters (name -> value), e.g. {'action_mode': 'absolute'}.
+    policy_params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Validate the fields."""
@@ -476,6 +478,8 @@ def write_params(options: DemoOptions, path: pathlib.Path, *, sim_time: bool,
     policy = params[POLICY_NODE_NAME][ROS_PARAMETERS_KEY]
     policy.update(checkpoint=options.checkpoint, prompt=options.prompt, device=options.device,
                   strategy=strategy, use_sim_time=sim_time)
+    # Checkpoint-specific settings of the pi0 node, passed through as given (validated there).
+    policy.update(options.policy_params)
     params[SIM_NODE_NAME][ROS_PARAMETERS_KEY]['sim_time'] = sim_time
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return params
@@ -639,6 +643,10 @@ def parse_args(argv: Sequence[str] | None = None) -> DemoOptions:
                         'LeRobot layout); default: the tiny random model')
     parser.add_argument('--prompt', default=DEFAULT_PROMPT, help='instruction for the policy')
     parser.add_argument('--device', default='cpu', help="torch device, e.g. 'cuda'")
+    parser.add_argument('--param', action='append', default=[], metavar='NAME=VALUE',
+                        help='extra pi0_policy_node parameter, repeatable, e.g. '
+                        'action_mode=absolute, asset_id=trossen, tokenizer=/path/tok.model, '
+                        'dtype=bfloat16')
     parser.add_argument('--time', choices=TIME_MODES, default=TIME_AUTO,
                         help='clock of the sim and the pi0 node: real time, simulated time '
                         '(/clock, lockstep), or auto: measure the sim here and choose '
@@ -654,7 +662,32 @@ def parse_args(argv: Sequence[str] | None = None) -> DemoOptions:
     return DemoOptions(duration=args.duration, output_dir=args.output_dir,
                        checkpoint=args.checkpoint, prompt=args.prompt, device=args.device,
                        time_mode=args.time, strategy=args.strategy, video_format=args.video,
-                       startup_timeout=args.startup_timeout)
+                       startup_timeout=args.startup_timeout,
+                       policy_params=parse_param_overrides(args.param))
+
+
+def parse_param_overrides(items: list[str]) -> dict[str, Any]:
+    """
+    Turn ``NAME=VALUE`` strings into typed node parameters (values parsed as YAML scalars).
+
+    Args:
+        items: Strings such as ``'action_mode=absolute'`` or ``'num_steps=5'``.
+
+    Returns:
+        The parameters by name, in order.
+
+    Raises:
+        ValueError: An item has no ``=`` or an empty name.
+
+    """
+    overrides = {}
+    for item in items:
+        name, sep, value = item.partition('=')
+        if not sep or not name.strip():
+            raise ValueError(f'--param {item!r} must look like NAME=VALUE, e.g. '
+                             'action_mode=absolute.')
+        overrides[name.strip()] = yaml.safe_load(value) if value else ''
+    return overrides
 
 
 def main(args: list[str] | None = None) -> int:

@@ -82,6 +82,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('asset_id', '', 'Norm-stats asset id in the checkpoint (may be nested, e.g. '
               "lerobot/aloha_sim_transfer_cube_human); empty uses the robot config's "
               "norm_stats_asset_id, else the checkpoint's only asset.", read_only=True),
+    ParamSpec('tokenizer', '', 'PaliGemma SentencePiece model file; empty looks in the '
+              'checkpoint folder (tokenizer.model or paligemma_tokenizer.model, also under '
+              'assets/).', read_only=True),
     ParamSpec('action_mode', ACTION_MODE_ROBOT, "How the checkpoint's actions relate to the "
               "state: 'robot' = the robot config's per-joint delta/absolute modes; 'absolute' = "
               'no delta transform (checkpoints trained on absolute actions, e.g. openpi '
@@ -188,7 +191,7 @@ def node_config_from_values(values: Mapping[str, Any]) -> NodeConfig:
         policy=PolicyLoadConfig(
             checkpoint=v['checkpoint'] or None, device=v['device'] or DEFAULT_DEVICE,
             dtype=v['dtype'], num_steps=v['num_steps'], asset_id=v['asset_id'] or None,
-            action_mode=v['action_mode'],
+            action_mode=v['action_mode'], tokenizer=v['tokenizer'] or None,
             seed=v['seed'],
             torch_threads=v['torch_threads'], inference_niceness=v['inference_niceness']),
         execution=ExecutionConfig(

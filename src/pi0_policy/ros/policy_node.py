@@ -151,7 +151,7 @@ class PolicyNode(LifecycleNode):
         self._policy = Pi0Policy.from_checkpoint(
             cfg.policy.checkpoint, adapter, device=cfg.policy.device, dtype=cfg.policy.dtype,
             num_steps=cfg.policy.num_steps, asset_id=cfg.policy.asset_id, seed=cfg.policy.seed,
-            action_mode=cfg.policy.action_mode)
+            action_mode=cfg.policy.action_mode, tokenizer_path=cfg.policy.tokenizer)
         self._policy.warmup()
         # Ticks run at the node's control rate; the chunk's actions are spaced at the rate of the
         # robot's data (its config), which the executor interpolates.
