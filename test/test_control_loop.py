@@ -5,6 +5,7 @@ Bounds are generous on purpose: the machine running the tests may be small and l
 checks are about behaviour (an absolute schedule, skipping, surviving errors), not precise timing.
 """
 
+import os
 import threading
 import time
 
@@ -105,3 +106,20 @@ def test_an_error_handler_that_raises_does_not_stop_the_loop():
 def test_period_must_be_positive():
     with pytest.raises(ValueError, match='period_s must be > 0 seconds, got 0.0'):
         ControlLoop(steady(), 0.0, lambda: None)
+
+
+def test_realtime_priority_is_applied_where_permitted():
+    """The loop asks for SCHED_FIFO; it runs either way, and reports what it got."""
+    ticks = threading.Event()
+    loop = ControlLoop(Clock(clock_type=ClockType.STEADY_TIME), 0.01, ticks.set, priority=5)
+    loop.start()
+    assert ticks.wait(2.0)
+    loop.stop()
+    try:  # the same request from this (test) thread tells whether the OS permits it here
+        policy = os.sched_getscheduler(0)
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(5))
+        os.sched_setscheduler(0, policy, os.sched_param(0))
+        permitted = True
+    except OSError:
+        permitted = False
+    assert loop.realtime is permitted

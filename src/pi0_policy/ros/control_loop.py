@@ -13,6 +13,7 @@ A tick that raises does not end the loop: the error is counted, logged (throttle
 ``on_error`` (the node holds and reports ERROR), and the next tick runs on schedule.
 """
 
+import os
 import threading
 from typing import Callable
 
@@ -33,7 +34,7 @@ class ControlLoop:
 
     def __init__(self, clock: Clock, period_s: float, tick: Callable[[], None], *,
                  on_error: Callable[[Exception], None] | None = None,
-                 name: str = 'pi0_control') -> None:
+                 priority: int = 0, name: str = 'pi0_control') -> None:
         """
         Create the loop (not started).
 
@@ -43,6 +44,9 @@ class ControlLoop:
             tick: Called once per period on the loop thread; it must not block.
             on_error: Called on the loop thread with the exception of a tick that raised
                 (after it was counted and logged); None only counts and logs.
+            priority: SCHED_FIFO priority (1-99) for the loop thread, as ros2_control uses for
+                its update loop; 0 keeps normal scheduling. Without permission (no root,
+                CAP_SYS_NICE or rtprio limit) the loop warns and runs with normal scheduling.
             name: Thread name (shows in debuggers and ``top -H``); also the logger name.
 
         Raises:
@@ -56,6 +60,9 @@ class ControlLoop:
         self._period_ns = int(round(period_s * NANOSECONDS))
         self._tick = tick
         self._on_error = on_error
+        self._priority = priority
+        # Whether the loop thread runs with real-time priority (set once the thread started).
+        self.realtime = False
         self._logger = get_logger(name)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -110,7 +117,21 @@ class ControlLoop:
                     self._logger.error(f'control tick error handler failed: {handler_error!r}',
                                        throttle_duration_sec=ERROR_LOG_PERIOD_S)
 
+    def _set_realtime(self) -> None:
+        """Give the calling (loop) thread SCHED_FIFO priority when asked and permitted."""
+        if self._priority <= 0 or not hasattr(os, 'sched_setscheduler'):
+            return
+        try:  # pid 0 = the calling thread on Linux
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self._priority))
+            self.realtime = True
+        except OSError as error:
+            self._logger.warning(
+                f'control thread keeps normal scheduling: SCHED_FIFO priority {self._priority} '
+                f'was refused ({error}); allow it with an rtprio limit (limits.conf) or '
+                'CAP_SYS_NICE, or set control_priority to 0 to silence this.')
+
     def _run(self) -> None:
+        self._set_realtime()
         deadline = self._now_ns() + self._period_ns
         while self._wait_until(deadline):
             self._run_tick()

@@ -91,6 +91,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               'pi0_aloha_sim).', choices=ACTION_MODES, read_only=True),
     ParamSpec('torch_threads', 1, 'Intra-op torch threads; keep small so that inference does '
               'not starve the 50 Hz control timer.', range=(1, 256), read_only=True),
+    ParamSpec('control_priority', 10, 'Real-time (SCHED_FIFO) priority of the control thread, '
+              'as ros2_control does; used where the OS permits it (root, CAP_SYS_NICE or an '
+              'rtprio limit), otherwise a warning and normal scheduling. 0 = normal scheduling.',
+              range=(0, 99), read_only=True),
     ParamSpec('inference_niceness', 10, 'Added to the nice value of the inference thread '
               '(Linux) so that the control timer preempts inference.', range=(0, 19),
               read_only=True),
@@ -187,7 +191,7 @@ def node_config_from_values(values: Mapping[str, Any]) -> NodeConfig:
         robot=v['robot'], prompt=v['prompt'], max_instruction_chars=v['max_instruction_chars'],
         max_age=v['max_age'], enabled_at_start=v['enabled_at_start'],
         base_frame_id=v['base_frame_id'], odom_topic=v['odom_topic'],
-        velocity_scale=v['velocity_scale'],
+        velocity_scale=v['velocity_scale'], control_priority=v['control_priority'],
         policy=PolicyLoadConfig(
             checkpoint=v['checkpoint'] or None, device=v['device'] or DEFAULT_DEVICE,
             dtype=v['dtype'], num_steps=v['num_steps'], asset_id=v['asset_id'] or None,

@@ -222,7 +222,8 @@ class PolicyNode(LifecycleNode):
                                        niceness=self._config.policy.inference_niceness)
         self._worker.start()
         self._control_timer = ControlLoop(self.get_clock(), self._executor.config.dt,
-                                          self._on_control_tick, on_error=self._on_tick_error)
+                                          self._on_control_tick, on_error=self._on_tick_error,
+                                          priority=self._config.control_priority)
         self._control_timer.start()
         self._set_state(NodeState.WAITING if self._enabled else NodeState.DISABLED, '')
         return result

@@ -20,6 +20,8 @@ DTYPES = ('float32', 'bfloat16')
 DEVICE_PATTERN = re.compile(r'^(cpu|cuda(:\d+)?)$')
 # Largest nice increment of the inference thread.
 MAX_NICENESS = 19
+# Largest SCHED_FIFO priority on Linux.
+MAX_RT_PRIORITY = 99
 
 
 def _require(ok: bool, name: str, value: object, expected: str) -> None:
@@ -122,6 +124,8 @@ class NodeConfig:
     policy: PolicyLoadConfig
     execution: ExecutionConfig
     reporting: ReportingConfig
+    # SCHED_FIFO priority of the control thread (1-99) where the OS permits it; 0 = normal.
+    control_priority: int = 0
 
     def __post_init__(self) -> None:
         """Validate the fields."""
@@ -136,3 +140,5 @@ class NodeConfig:
         _require(0.0 < self.velocity_scale <= 1.0, 'velocity_scale', self.velocity_scale,
                  'a fraction in (0, 1]')
         _require(bool(self.odom_topic), 'odom_topic', self.odom_topic, 'a topic name')
+        _require(0 <= self.control_priority <= MAX_RT_PRIORITY, 'control_priority',
+                 self.control_priority, f'an integer in [0, {MAX_RT_PRIORITY}] (0 = normal)')
