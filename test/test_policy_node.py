@@ -25,7 +25,7 @@ from pi0_msgs.msg import ActionChunk, PolicyStatus
 from pi0_msgs.srv import SetInstruction
 from pi0_policy.model.config import Pi0Config
 from pi0_policy.ros import conversions, visualization
-from pi0_policy.ros.policy_node import PolicyNode
+from pi0_policy.ros.policy_node import GIL_SWITCH_INTERVAL, PolicyNode
 from pi0_policy.ros.synthetic_robot import SyntheticRobot
 import pytest
 import rclpy
@@ -47,7 +47,7 @@ MEASURE_S = 2.0  # window of the rate measurement
 TIMEOUT_S = 20.0  # generous: the 2-core CI machine is shared
 HOLD_WITHIN_S = 0.1  # a stale camera must cause a hold this soon after max_age is exceeded
 LIMIT_TOLERANCE = 1e-9
-SWITCH_INTERVAL_S = 0.001
+SWITCH_INTERVAL_S = GIL_SWITCH_INTERVAL  # as policy_node.main() sets it
 SHUTDOWN_S = 5.0  # a node process must exit this soon after SIGINT
 SPIN_PERIOD_S = 0.05  # longest wait of one spin_once of the test executor
 SRC = pathlib.Path(__file__).resolve().parents[1] / 'src'
@@ -82,7 +82,7 @@ class Harness:
 
     def __init__(self, robot_config: str, tmp_path, **overrides) -> None:
         torch.set_num_threads(1)
-        sys.setswitchinterval(SWITCH_INTERVAL_S)  # as policy_node.main() does
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         prefix = f'/t{next(_COUNTER)}_{id(self) % 10_000}'
         path = prefixed_robot_yaml(robot_config, prefix, tmp_path)
         self.adapter = make_adapter(load_robot_config(path))

@@ -67,7 +67,7 @@ RATE_WINDOW = 1.0  # seconds over which the achieved control rate is measured
 MS = 1000.0
 # Executor threads: inputs/services/reporting and lifecycle services (control has its own thread).
 EXECUTOR_THREADS = 3
-GIL_SWITCH_INTERVAL = 0.001  # seconds
+GIL_SWITCH_INTERVAL = 0.0005  # seconds
 SHUTDOWN_LOGGER = f'{NODE_NAME}.shutdown'  # console-only logger used once ROS is shut down
 LOG_PERIOD_S = 1.0  # seconds between repeated warnings of one kind
 # Errors of a bad configuration (parameters, robot YAML, checkpoint, device): configure FAILURE.
