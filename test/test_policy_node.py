@@ -334,8 +334,8 @@ def test_malformed_inputs_give_a_diagnostic_and_a_safe_hold(make_harness, camera
     diagnostic = wait_for(lambda: next((d.message for d in harness.diagnostics if d.time > start
                                         and expected in d.message.status[0].message), None))
     assert diagnostic.status[0].level != diagnostic.status[0].OK
-    ticks = harness.node._ticks
-    wait_for(lambda: harness.node._ticks > ticks + 10)  # still ticking: no crash
+    ticks = harness.node._status.ticks
+    wait_for(lambda: harness.node._status.ticks > ticks + 10)  # still ticking: no crash
     assert harness.state() == 'active'
     assert_within_limits(harness)
 
@@ -416,7 +416,7 @@ def test_a_nan_in_an_unused_joint_does_not_stop_the_robot(make_harness):
     harness.wait_running()
     count = len(harness.chunks)
     wait_for(lambda: len(harness.chunks) > count)
-    assert harness.node._failures == 0
+    assert harness.node._status.failures == 0
 
 
 def test_an_inference_failure_holds_with_a_zero_base_velocity(make_harness):
@@ -435,7 +435,7 @@ def test_an_inference_failure_holds_with_a_zero_base_velocity(make_harness):
                                   s.message.state == PolicyStatus.STATE_HOLDING and
                                   'inference failure' in s.message.detail), None))
     assert 'non-finite positions' in hold.message.detail and used in hold.message.detail
-    assert harness.node._failures >= 1
+    assert harness.node._status.failures >= 1
     time.sleep(0.2)
     base = next(spec for spec in harness.adapter.commands
                 if spec.type in (CommandType.TWIST, CommandType.TWIST_STAMPED))

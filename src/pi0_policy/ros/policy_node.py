@@ -11,7 +11,8 @@ only while enabled (``~/enable``).
 Threads: the control loop (``ControlLoop``) has its own thread and only takes the next action
 from the chunk executor, filters it and publishes (a tick that raises gives a hold and the ERROR
 state; the loop keeps running); subscriptions, services and reporting share one callback group;
-inference runs in ``InferenceWorker``'s thread.
+inference runs in ``InferenceWorker``'s thread. The tick and inference logic is ``Controller``'s,
+the status bookkeeping ``StatusReporter``'s; this node wires them to ROS.
 
 Shutdown (Ctrl-C, SIGTERM, or the shutdown transition): ``close()`` stops the control timer, waits
 for a tick in progress, joins the inference thread (a thread still running torch at interpreter
@@ -27,21 +28,23 @@ import threading
 import traceback
 
 from diagnostic_msgs.msg import DiagnosticArray
-from embodiment_adapters import EmbodimentAdapter, load_robot_config, make_adapter, unified
+from embodiment_adapters import load_robot_config, make_adapter, unified
 from pi0_msgs.msg import ActionChunk, PolicyStatus
 from pi0_msgs.srv import SetInstruction
 from pi0_policy.ros import conversions, diagnostics, params, visualization
 from pi0_policy.ros.commands import CommandRouter
 from pi0_policy.ros.control_loop import ControlLoop
+from pi0_policy.ros.controller import Controller
 from pi0_policy.ros.diagnostics import NodeState
 from pi0_policy.ros.observation import (
-    assemble_observation, check_message, check_topics, input_specs, InputError, InputSpec,
-    measured_command, MESSAGE_TYPES, ObservationBuffer, required_names)
+    check_message, check_topics, input_specs, InputError, InputSpec, MESSAGE_TYPES,
+    ObservationBuffer, required_names)
+from pi0_policy.ros.reporting import StatusReporter
 from pi0_policy.ros.worker import InferenceWorker
-from pi0_policy.runtime.chunking import ChunkExecutor, make_executor
+from pi0_policy.runtime.chunking import make_executor
 from pi0_policy.runtime.config import NodeConfig
-from pi0_policy.runtime.policy import Pi0Policy, TIME_TOTAL
-from pi0_policy.runtime.safety import HoldReason, SafetyConfig, SafetyFilter
+from pi0_policy.runtime.policy import Pi0Policy
+from pi0_policy.runtime.safety import SafetyConfig, SafetyFilter
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import NameValidationException
@@ -63,8 +66,6 @@ from visualization_msgs.msg import MarkerArray
 
 NODE_NAME = 'pi0_policy_node'
 DEPTH = 10  # queue depth of reliable topics
-RATE_WINDOW = 1.0  # seconds over which the achieved control rate is measured
-MS = 1000.0
 # Executor threads: inputs/services/reporting and lifecycle services (control has its own thread).
 EXECUTOR_THREADS = 3
 GIL_SWITCH_INTERVAL = 0.0005  # seconds
@@ -85,18 +86,14 @@ class PolicyNode(LifecycleNode):
         """Declare the parameters; configure/activate at once when ``autostart`` is set."""
         super().__init__(NODE_NAME, **kwargs)
         params.declare_parameters(self)
-        # Created by configure, released by cleanup.
+        # Created by configure, released by cleanup (the controller and status are kept).
         self._config: NodeConfig | None = None
-        self._adapter: EmbodimentAdapter | None = None
         self._policy: Pi0Policy | None = None
         self._router: CommandRouter | None = None
-        self._executor: ChunkExecutor | None = None
-        self._safety: SafetyFilter | None = None
         self._inputs: tuple[InputSpec, ...] = ()
-        self._buffer: ObservationBuffer | None = None
         self._ghosts: tuple[visualization.GhostGroup, ...] = ()
-        self._latency: diagnostics.LatencyWindow | None = None
-        self._rate: diagnostics.RateMeter | None = None
+        self._ctl: Controller | None = None
+        self._status: StatusReporter | None = None
         self._command_pubs: list[LifecyclePublisher] = []
         self._ghost_pubs: list[LifecyclePublisher] = []
         self._chunk_pub: LifecyclePublisher | None = None
@@ -107,13 +104,6 @@ class PolicyNode(LifecycleNode):
         # Created by activate, stopped by deactivate.
         self._worker: InferenceWorker | None = None
         self._control_timer: ControlLoop | None = None
-        # Run-time state (reset by configure / activate).
-        self._instruction, self._enabled = '', False
-        self._state, self._detail, self._last_error = NodeState.UNCONFIGURED, '', ''
-        self._sequence = self._ticks = self._hold_ticks = self._failures = self._tick_errors = 0
-        # _commanded: a policy action was sent since the last enable/activate (holds may follow).
-        self._in_flight = self._reset_pending = self._commanded = False
-        self._fault: str | None = None
         # Held by a control tick; close() takes it to wait for a tick that is still running.
         self._tick_lock = threading.Lock()
         if self.get_parameter('autostart').value:
@@ -134,7 +124,7 @@ class PolicyNode(LifecycleNode):
             self.get_logger().error(f'configure failed:\n{traceback.format_exc()}')
             raise  # rclpy turns it into ERROR
         self.get_logger().info(
-            f"configured robot '{self._adapter.name}' ({self._adapter.dof} dims, "
+            f"configured robot '{self._ctl.adapter.name}' ({self._ctl.adapter.dof} dims, "
             f'{len(self._inputs)} inputs) with '
             f"{self._config.policy.checkpoint or 'a tiny random model'}")
         return TransitionCallbackReturn.SUCCESS
@@ -157,22 +147,22 @@ class PolicyNode(LifecycleNode):
         # robot's data (its config), which the executor interpolates.
         execution = replace(cfg.execution, horizon=self._policy.action_horizon,
                             chunk_rate_hz=adapter.config.control_rate_hz)
-        self._executor = make_executor(execution)
-        self._safety = SafetyFilter(SafetyConfig(
+        executor = make_executor(execution)
+        safety = SafetyFilter(SafetyConfig(
             lower=adapter.lower, upper=adapter.upper, is_velocity=adapter.is_velocity,
             max_velocity=adapter.max_velocity * cfg.velocity_scale, dt=execution.dt,
             names=adapter.action_names))
-        self._buffer = ObservationBuffer([s.name for s in inputs], cfg.max_age,
-                                         required_names(adapter, inputs))
-        self._config, self._adapter, self._router, self._inputs = cfg, adapter, router, inputs
+        buffer = ObservationBuffer([s.name for s in inputs], cfg.max_age,
+                                   required_names(adapter, inputs))
+        self._config, self._router, self._inputs = cfg, router, inputs
         self._ghosts = visualization.ghost_groups(adapter)
-        self._instruction, self._enabled = cfg.prompt, cfg.enabled_at_start
-        self._latency = diagnostics.LatencyWindow(cfg.reporting.latency_window)
-        self._rate = diagnostics.RateMeter(RATE_WINDOW)
-        self._state, self._detail, self._last_error = NodeState.INACTIVE, '', ''
-        self._sequence = self._ticks = self._hold_ticks = self._failures = self._tick_errors = 0
-        self._in_flight = self._reset_pending = self._commanded = False
-        self._fault = None
+        self._status = StatusReporter(adapter.name, executor, buffer, safety, max_age=cfg.max_age,
+                                      latency_window=cfg.reporting.latency_window)
+        self._ctl = Controller(
+            adapter, inputs, buffer, self._policy, executor, safety, self._status,
+            max_age=cfg.max_age, instruction=cfg.prompt, enabled=cfg.enabled_at_start,
+            clock=self._now, publish=self._publish, publish_chunk=self._publish_chunk,
+            on_state_change=self._publish_status)
         self._create_io(cfg)
 
     def _keep(self, entity):
@@ -213,31 +203,27 @@ class PolicyNode(LifecycleNode):
         result = super().on_activate(state)
         if result != TransitionCallbackReturn.SUCCESS:
             return result
-        self._executor.reset()
-        self._safety.reset()
-        # A wake the previous worker never served must not block inference now.
-        self._commanded = self._in_flight = self._reset_pending = False
-        self._fault = None
-        self._worker = InferenceWorker(self._infer_once, self._on_inference_error,
+        self._worker = InferenceWorker(self._ctl.infer_once, self._on_inference_error,
                                        niceness=self._config.policy.inference_niceness)
+        self._ctl.activate(self._worker.wake)
         self._worker.start()
-        self._control_timer = ControlLoop(self.get_clock(), self._executor.config.dt,
+        self._control_timer = ControlLoop(self.get_clock(), self._ctl.executor.config.dt,
                                           self._on_control_tick, on_error=self._on_tick_error,
                                           priority=self._config.control_priority)
         self._control_timer.start()
-        self._set_state(NodeState.WAITING if self._enabled else NodeState.DISABLED, '')
+        self._ctl.set_state(NodeState.WAITING if self._ctl.enabled else NodeState.DISABLED, '')
         return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Stop commanding: stop the loop, join the inference thread, hold (zero base)."""
         self._stop_control()
-        self._set_state(NodeState.INACTIVE, '')
+        self._ctl.set_state(NodeState.INACTIVE, '')
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Destroy the I/O and release the model (GPU memory too)."""
         self._release()
-        self._state = NodeState.UNCONFIGURED
+        self._status.state = NodeState.UNCONFIGURED
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -264,7 +250,8 @@ class PolicyNode(LifecycleNode):
         if self._worker is not None:
             self._worker.stop()  # joins the thread; waits for an inference in progress
             self._worker = None
-        self._in_flight = False  # a wake the stopped worker never served
+        if self._ctl is not None:
+            self._ctl.in_flight = False  # a wake the stopped worker never served
         if timer is not None:
             self._final_hold()
 
@@ -282,11 +269,10 @@ class PolicyNode(LifecycleNode):
                         'last command).')
             return
         try:
-            self._publish(self._safety.hold(HoldReason.DISABLED)[0] if self._commanded
-                          else None)
+            self._publish(self._ctl.final_command())
         except _rclpy.RCLError as error:  # the context was shut down after the check above
             logger.info(f'final hold command not sent: {error}')
-        self._commanded = False
+        self._ctl.commanded = False
 
     def _release(self) -> None:
         """Destroy configure's entities and close the policy."""
@@ -308,14 +294,14 @@ class PolicyNode(LifecycleNode):
         stamp = getattr(getattr(msg, 'header', None), 'stamp', None)
         stamp = conversions.to_seconds(stamp) if stamp and (stamp.sec or stamp.nanosec) else 0.0
         try:
-            self._buffer.put(spec.name, check_message(spec, msg), stamp or self._now())
+            self._ctl.buffer.put(spec.name, check_message(spec, msg), stamp or self._now())
         except InputError as error:
-            self._buffer.reject(spec.name, error.reason)
+            self._ctl.buffer.reject(spec.name, error.reason)
             self._report_error(str(error))
 
     def _accept_instruction(self, text: str) -> tuple[bool, str]:
         try:
-            self._instruction = conversions.clean_instruction(
+            self._ctl.instruction = conversions.clean_instruction(
                 text, self._config.max_instruction_chars)
         except ValueError as error:
             self._report_error(f'instruction rejected: {error}')
@@ -326,136 +312,53 @@ class PolicyNode(LifecycleNode):
         self._accept_instruction(msg.data)
 
     def _on_set_instruction(self, request, response):
-        response.previous_instruction = self._instruction
+        response.previous_instruction = self._ctl.instruction
         response.success, response.message = self._accept_instruction(request.instruction)
         return response
 
     def _on_enable(self, request, response):
-        # Reset first: a tick between the two writes must not execute an action planned
-        # before the disable.
-        self._reset_pending = True
-        self._enabled = request.data
+        self._ctl.set_enabled(request.data)
         response.success, response.message = True, f'enabled={request.data}'
         return response
 
     def _report_error(self, text: str) -> None:
-        self._last_error = text
+        self._status.last_error = text
         self.get_logger().warning(text, throttle_duration_sec=LOG_PERIOD_S)
 
-    # ----- inference (worker thread) -------------------------------------------------------
-    def _infer_once(self) -> None:
-        """Assemble the observation, infer, queue the chunk and publish it with its preview."""
-        try:
-            now, instruction = self._now(), self._instruction
-            try:
-                observation, obs_time = assemble_observation(
-                    self._inputs, self._buffer.snapshot(), self._adapter, instruction, now=now,
-                    max_age=self._config.max_age)
-            except InputError as error:
-                self._buffer.reject(error.spec.name, error.reason)
-                raise
-            result = self._policy.infer(observation)
-            if not self._executor.add_chunk(result.actions, obs_time, self._sequence + 1):
-                return  # not newer than a queued chunk: never executed, so not published
-            self._sequence += 1
-            self._fault = None
-            self._latency.add(result.timing[TIME_TOTAL] / MS)
-            self._publish_chunk(result, obs_time, instruction)
-        finally:
-            self._in_flight = False
-
+    # ----- outputs: inference (worker thread), control (loop thread), reporting -------------
     def _on_inference_error(self, error: Exception) -> None:
-        self._failures += 1
-        self._fault = f'inference failed: {error}'
-        self._reset_pending = True
-        self._report_error(self._fault)
+        self._report_error(self._ctl.inference_failed(error))
 
-    def _publish_chunk(self, result, obs_time: float, instruction: str) -> None:
+    def _publish_chunk(self, result, obs_time: float, instruction: str, sequence: int) -> None:
         if not self.context.ok():  # shutting down: the chunk is no longer delivered
             return
-        stamp, a = conversions.to_time(obs_time), self._adapter
+        a, dt = self._ctl.adapter, self._ctl.executor.config.dt
+        stamp = conversions.to_time(obs_time)
         self._chunk_pub.publish(conversions.action_chunk(
-            stamp=stamp, embodiment=a.name, sequence=self._sequence, instruction=instruction,
-            control_period=self._executor.config.dt, joint_names=a.action_names,
-            actions=result.actions, unified_names=unified.UNIFIED_NAMES,
+            stamp=stamp, embodiment=a.name, sequence=sequence, instruction=instruction,
+            control_period=dt, joint_names=a.action_names, actions=result.actions,
+            unified_names=unified.UNIFIED_NAMES,
             unified_actions=result.unified_actions,
             inference_latency=self._now() - obs_time))  # observation -> chunk, as documented
         if self._config.reporting.preview:
             ghosts, markers = visualization.chunk_preview(
-                a, self._ghosts, result.actions, control_period=self._executor.config.dt,
-                stamp=stamp, frame_id=self._config.reporting.preview_frame)
+                a, self._ghosts, result.actions, control_period=dt, stamp=stamp,
+                frame_id=self._config.reporting.preview_frame)
             for publisher, ghost in zip(self._ghost_pubs, ghosts):
                 publisher.publish(ghost)
             self._marker_pub.publish(markers)
-
-    # ----- control (loop thread) -----------------------------------------------------------
-    def _measured(self, now: float):
-        """Return the (D,) measured command from inputs younger than max_age, or None."""
-        return measured_command(self._adapter, self._inputs, self._buffer.snapshot(now))
 
     def _on_control_tick(self) -> None:
         """Run one control tick unless control was stopped while this callback waited."""
         with self._tick_lock:
             if self._control_timer is not None:
-                self._control_tick()
+                self._ctl.tick()
 
     def _on_tick_error(self, error: Exception) -> None:
         """Hold and report ERROR after a tick raised (the loop logged it and keeps running)."""
         with self._tick_lock:
-            if self._control_timer is None:
-                return
-            self._tick_errors += 1
-            self._reset_pending = True  # the plan may be half updated
-            self._last_error = f'control tick failed: {error!r}'
-            if self._enabled:
-                self._publish(self._safety.hold(HoldReason.NO_ACTION)[0])
-            self._set_state(NodeState.ERROR, self._last_error)
-
-    def _control_tick(self) -> None:
-        """Take the next action (or hold), make it safe and publish it; never infers."""
-        now = self._now()
-        self._rate.tick(now)
-        self._ticks += 1
-        if self._reset_pending:
-            self._reset_pending = False
-            self._executor.reset()
-        if not self._enabled:
-            if self._commanded:  # last command: hold position, zero base velocity
-                self._publish(self._safety.hold(HoldReason.DISABLED)[0])
-            self._commanded = False
-            self._safety.reset()
-            self._set_state(NodeState.DISABLED, 'enable with the ~/enable service')
-            return
-        problem = self._buffer.problem(now)
-        if problem is not None:
-            if self._state == NodeState.RUNNING:
-                self._executor.reset()  # the plan came from inputs that are now stale
-            return self._hold(HoldReason.STALE_INPUT, problem, now)
-        action = self._executor.next_action(now)
-        if not self._in_flight and self._executor.needs_inference(now):
-            self._in_flight = True
-            self._worker.wake()
-        if action is None:
-            reason = HoldReason.INFERENCE_FAILURE if self._fault else HoldReason.NO_ACTION
-            return self._hold(reason, self._fault or 'waiting for the next chunk', now)
-        measured = None  # the first command starts from the fresh measured positions
-        if self._safety.last_command is None:
-            measured = self._measured(now)
-            if measured is None:
-                return self._hold(HoldReason.NO_ACTION, 'no fresh joint positions yet', now)
-        command, report = self._safety.filter(action, measured)
-        self._publish(command)
-        self._commanded = True
-        self._set_state(NodeState.RUNNING, report.describe(self._safety.config)
-                        if report.clamped else '')
-
-    def _hold(self, reason: HoldReason, detail: str, now: float) -> None:
-        """Hold the last command; before any, the fresh measured pose, else only zero base."""
-        self._hold_ticks += 1
-        measured = None if self._safety.last_command is not None else self._measured(now)
-        self._publish(self._safety.hold(reason, measured)[0])
-        self._set_state(NodeState.HOLDING if self._commanded else NodeState.WAITING,
-                        f'{reason.value}: {detail}')
+            if self._control_timer is not None:
+                self._ctl.tick_failed(error)
 
     def _publish(self, command) -> None:
         if not self.context.ok():  # a tick that raced with Ctrl-C: nothing can be delivered
@@ -465,31 +368,10 @@ class PolicyNode(LifecycleNode):
             if msg is not None:
                 publisher.publish(msg)
 
-    # ----- reporting -----------------------------------------------------------------------
-    def _set_state(self, state: NodeState, detail: str) -> None:
-        changed = state != self._state
-        self._state, self._detail = state, detail
-        if changed:
-            self._publish_status()
-
     def _snapshot(self) -> diagnostics.StatusSnapshot:
-        now, progress = self._now(), self._executor.progress
-        detail = self._detail or (f'last error: {self._last_error}' if self._last_error else '')
-        return diagnostics.StatusSnapshot(
-            state=self._state, detail=detail, embodiment=self._adapter.name,
-            instruction=self._instruction, enabled=self._enabled,
-            latency_last=self._latency.last,
-            latency_p50=self._latency.percentile(diagnostics.MEDIAN),
-            latency_p99=self._latency.percentile(diagnostics.TAIL),
-            rate_achieved=self._rate.rate(now) if self._control_timer else 0.0,
-            rate_target=self._executor.config.control_rate_hz,
-            input_names=self._buffer.names, input_ages=self._buffer.ages(now),
-            max_age=self._config.max_age, chunk_sequence=max(progress.sequence, 0),
-            chunk_index=max(progress.index, 0), chunk_length=progress.length,
-            chunk_age=progress.chunk_age or 0.0, last_error=self._last_error,
-            ticks=self._ticks, hold_ticks=self._hold_ticks,
-            clamped_commands=self._safety.stats.clamped, inference_failures=self._failures,
-            tick_errors=self._tick_errors)
+        return self._status.snapshot(self._now(), instruction=self._ctl.instruction,
+                                     enabled=self._ctl.enabled,
+                                     running=self._control_timer is not None)
 
     def _publish_status(self) -> None:
         self._status_pub.publish(diagnostics.policy_status(
