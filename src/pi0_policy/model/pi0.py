@@ -20,11 +20,9 @@ computes in bfloat16 on CUDA and on CPUs with native bfloat16 (AMX-BF16, AVX512-
 BF16), and in float32 on other CPUs (policy 'auto'), where emulated bfloat16 matmuls are several
 times slower than float32; the weights then stay resident in bfloat16 and are upcast per matmul.
 
-Inference fast path (no autograd): per observation the prefix K/V cache, the suffix RoPE tables,
-attention mask, state token and all flow-time embeddings are computed once
-(``prepare_denoise``); each denoising step then runs only the action-time MLP and the action
-expert with fused q/k/v and gate/up matmuls. In float32 it is bit-identical to the autograd path
-(up to the MLP token blocking of long prefixes, see ``gemma.MLP_BLOCK_ELEMENTS``).
+Inference fast path (prefix K/V cache, per-observation denoise context, fused step):
+``pi0_policy.model.denoise``; flow-time helpers: ``pi0_policy.model.flow``; random
+initialisation: ``pi0_policy.model.init``.
 
 Shape letters: B batch, C cameras, P tokens per camera, L prompt tokens, H horizon, A action dim.
 """
@@ -32,105 +30,25 @@ Shape letters: B batch, C cameras, P tokens per camera, L prompt tokens, H horiz
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-import dataclasses
-import math
 
+from pi0_policy.model import denoise as fast
 from pi0_policy.model.compute import check_policy, Linear, POLICY_AUTO, resolve_compute_dtype
-from pi0_policy.model.config import Pi0Config, TIME_MAX_PERIOD, TIME_MIN_PERIOD
-from pi0_policy.model.gemma import _folded_bias, GemmaStack, joint_forward, KVCache
-from pi0_policy.model.gemma import kv_scratch, LayerWeights, prefix_lm_allowed, prepare_layers
-from pi0_policy.model.gemma import rms_norm, RMSNorm, rope_tables, stack_forward
+from pi0_policy.model.config import Pi0Config
+from pi0_policy.model.denoise import DenoiseContext, drop_invalid_tokens, PrefixCache, suffix_ar
+from pi0_policy.model.flow import as_time, lerobot_time_grid, sample_time, time_embedding
+# Re-exports (moved in the module split; ``from pi0_policy.model.pi0 import ...`` keeps working).
+from pi0_policy.model.flow import openpi_time_grid, TIME_GRID_RULES  # noqa: F401
+from pi0_policy.model.gemma import GemmaStack, joint_forward, prefix_lm_allowed, RMSNorm
+from pi0_policy.model.init import _fill_tiled, init_random, TILED_INIT_BUFFER  # noqa: F401
 from pi0_policy.model.siglip import LayerNorm32, SiglipEmbeddings, SiglipVisionTower
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-# Training-time distribution of t: Beta(alpha, beta) * scale + offset.
-TIME_BETA_ALPHA = 1.5
-TIME_BETA_BETA = 1.0
-TIME_SCALE = 0.999
-TIME_OFFSET = 0.001
 # Names of the π0 head linears (kept float32).
 HEAD_LINEARS = ('state_proj', 'action_in_proj', 'action_time_mlp_in', 'action_time_mlp_out',
                 'action_out_proj')
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
-# Benchmark-only initialisation (``init_random(tiled=True)``): length of the one random normal
-# buffer that is tiled over every matrix (a prime, so tiles do not line up with rows).
-TILED_INIT_BUFFER = 1_048_573
-
-
-def lerobot_time_grid(num_steps: int) -> list[float]:
-    """Return ``t_k = float32(1 + k*dt)``, dt = -1/num_steps in double (lerobot 0.6.1)."""
-    dt = -1.0 / num_steps
-    return [torch.tensor(1.0 + k * dt, dtype=torch.float32).item() for k in range(num_steps)]
-
-
-def openpi_time_grid(num_steps: int) -> list[float]:
-    """Return openpi's grid: t starts at 1 and accumulates ``t += dt`` in float32."""
-    t = torch.tensor(1.0, dtype=torch.float32)
-    grid = []
-    for _ in range(num_steps):
-        grid.append(t.item())
-        t = t + (-1.0 / num_steps)
-    return grid
-
-
-TIME_GRID_RULES = {'lerobot': lerobot_time_grid, 'openpi': openpi_time_grid}
-
-
-def time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """
-    Embed flow time as [sin | cos] of ``t*2π/period`` (computed in float64, returned float32).
-
-    Args:
-        t: (B,) flow times.
-        dim: Embedding width (even).
-
-    Returns:
-        (B, dim) float32.
-    """
-    fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float64, device=t.device)
-    period = TIME_MIN_PERIOD * (TIME_MAX_PERIOD / TIME_MIN_PERIOD) ** fraction
-    scaling = 1.0 / period * 2 * math.pi
-    arg = scaling[None, :] * t.to(torch.float64)[:, None]
-    return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1).to(torch.float32)
-
-
-@dataclasses.dataclass(frozen=True)
-class PrefixCache:
-    """Per-observation state reused by every denoising step (read-only)."""
-
-    # Per layer (k, v), each (B, K, S, E), post-RoPE.
-    kv: KVCache
-    # (B, S) bool validity of the prefix tokens.
-    valid: torch.Tensor
-
-
-@dataclasses.dataclass(frozen=True)
-class DenoiseContext:
-    """Everything a denoising step needs that does not depend on x_t or t (one observation)."""
-
-    # The read-only prefix cache.
-    cache: PrefixCache
-    # (B, 1, D_expert) float32 state token.
-    state_token: torch.Tensor
-    # (B, 1 + H) RoPE positions of the suffix.
-    positions: torch.Tensor
-    # (B, 1 + H, S + 1 + H) bool attention mask of the suffix.
-    allowed: torch.Tensor
-    # (B, 1 + H, 1, E) RoPE tables (``gemma.rope_tables``).
-    cos: torch.Tensor
-    signed_sin: torch.Tensor
-    # (B, 1, (1 + H) * G, S + 1 + H) additive mask in the compute dtype.
-    bias: torch.Tensor
-    # Fused action-expert weights, or None (autograd enabled / unfusable: ``joint_forward``).
-    layers: tuple[LayerWeights, ...] | None
-    # (D_expert,) float32 ``1 + w`` of the expert's final norm.
-    final_scale: torch.Tensor
-    # Per layer (k, v) work buffers (B, K, S + 1 + H, E): a copy of the prefix cache followed by
-    # the suffix positions each step overwrites (so a context is not thread-safe); None with
-    # ``layers`` None.
-    scratch: KVCache | None = None
 
 
 class Pi0Model(nn.Module):
@@ -310,12 +228,6 @@ class Pi0Model(nn.Module):
         act = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(fused)))
         return torch.cat([state_tok, act], 1).to(self.compute_dtype)
 
-    def _suffix_ar(self, device: torch.device) -> torch.Tensor:
-        """Return the (1 + H,) ar markers of the suffix: 1 state, 1 first action, then 0."""
-        ar = torch.zeros(1 + self.config.action_horizon, dtype=torch.int64, device=device)
-        ar[:2] = 1
-        return ar
-
     # ------------------------------------------------------------------------- cache + sampling
     def build_prefix_cache(self, images: torch.Tensor, image_masks: torch.Tensor,
                            tokens: torch.Tensor, token_masks: torch.Tensor) -> PrefixCache:
@@ -334,61 +246,12 @@ class Pi0Model(nn.Module):
         return self.run_prefix(*self.embed_prefix(images, image_masks, tokens, token_masks))
 
     def run_prefix(self, emb: torch.Tensor, valid: torch.Tensor) -> PrefixCache:
-        """
-        Run the VLM layers over embedded prefix tokens and keep every layer's K/V.
-
-        Args:
-            emb: (B, S, D_vlm) prefix embeddings from ``embed_prefix``.
-            valid: (B, S) bool.
-
-        Returns:
-            The read-only cache.
-        """
-        positions = torch.cumsum(valid.to(torch.int64), 1) - 1
-        emb, valid, positions = _drop_invalid_tokens(emb, valid, positions)
-        # All prefix tokens attend to each other (ar = 0); only validity restricts them.
-        allowed = None if bool(valid.all()) else prefix_lm_allowed(
-            torch.zeros_like(positions), valid)
-        layers = None if torch.is_grad_enabled() else prepare_layers(self.vlm)
-        if layers is None:
-            _, kv = joint_forward([self.vlm, self.expert], [emb, None], positions, allowed,
-                                  build_cache=True, need_output=[False, False])
-        else:
-            cfg = self.config.vlm
-            cos, signed_sin = rope_tables(positions, cfg.head_dim)
-            bias = _folded_bias(allowed, cfg.num_heads // cfg.num_kv_heads, emb.dtype)
-            _, kv = stack_forward(cfg, layers, emb, cos, signed_sin, bias, build_cache=True,
-                                  need_output=False)
-        return PrefixCache(kv=kv, valid=valid)
+        """Run the VLM over embedded prefix tokens (B, S, D_vlm), (B, S) and cache the K/V."""
+        return fast.run_prefix(self, emb, valid)
 
     def prepare_denoise(self, cache: PrefixCache, state: torch.Tensor) -> DenoiseContext:
-        """
-        Compute once per observation what every denoising step shares.
-
-        Args:
-            cache: From ``build_prefix_cache`` (not modified).
-            state: (B, state_dim).
-
-        Returns:
-            The context for ``denoise``.
-        """
-        cfg = self.config.expert
-        b = state.shape[0]
-        t_s = 1 + self.config.action_horizon
-        device = state.device
-        n_valid = cache.valid.sum(1, dtype=torch.int64)  # (B,)
-        positions = n_valid[:, None] + torch.arange(t_s, device=device)[None]
-        suffix_valid = torch.ones(b, t_s, dtype=torch.bool, device=device)
-        allowed = torch.cat([cache.valid[:, None, :].expand(b, t_s, cache.valid.shape[1]),
-                             prefix_lm_allowed(self._suffix_ar(device), suffix_valid)], dim=2)
-        cos, signed_sin = rope_tables(positions, cfg.head_dim)
-        layers = None if torch.is_grad_enabled() else prepare_layers(self.expert)
-        scratch = None if layers is None else kv_scratch(cache.kv, t_s)
-        return DenoiseContext(
-            cache=cache, state_token=self.state_proj(state.float())[:, None],
-            positions=positions, allowed=allowed, cos=cos, signed_sin=signed_sin,
-            bias=_folded_bias(allowed, cfg.num_heads // cfg.num_kv_heads, self.compute_dtype),
-            layers=layers, final_scale=self.expert.norm.scale(), scratch=scratch)
+        """Compute once per observation what every denoising step shares (see ``denoise``)."""
+        return fast.prepare_denoise(self, cache, state)
 
     def time_embeddings(self, times: torch.Tensor) -> torch.Tensor:
         """
@@ -405,30 +268,8 @@ class Pi0Model(nn.Module):
 
     def denoise(self, ctx: DenoiseContext, x_t: torch.Tensor,
                 time_emb: torch.Tensor) -> torch.Tensor:
-        """
-        Predict the velocity at (x_t, t) from a prepared context (one denoising step).
-
-        Args:
-            ctx: From ``prepare_denoise``.
-            x_t: (B, H, A) noisy actions.
-            time_emb: (B, D_expert) float32 from ``time_embeddings``.
-
-        Returns:
-            (B, H, A) float32 velocity.
-        """
-        act = _apply(self.action_in_proj, x_t.float())
-        fused = torch.cat([act, time_emb[:, None].expand_as(act)], dim=-1)
-        act = _apply(self.action_time_mlp_out, F.silu(_apply(self.action_time_mlp_in, fused)))
-        suffix = torch.cat([ctx.state_token, act], 1).to(self.compute_dtype)
-        horizon = self.config.action_horizon
-        if ctx.layers is None:
-            outs, _ = joint_forward([self.vlm, self.expert], [None, suffix], ctx.positions,
-                                    ctx.allowed, cache=ctx.cache.kv)
-            return self.action_out_proj(outs[1][:, -horizon:].float())
-        hidden, _ = stack_forward(self.config.expert, ctx.layers, suffix, ctx.cos,
-                                  ctx.signed_sin, ctx.bias, scratch=ctx.scratch)
-        return _apply(self.action_out_proj,
-                      rms_norm(hidden[:, -horizon:], ctx.final_scale).float())
+        """Predict the (B, H, A) float32 velocity at x_t (B, H, A), time_emb (B, D_expert)."""
+        return fast.denoise(self, ctx, x_t, time_emb)
 
     def denoise_step(self, cache: PrefixCache, state: torch.Tensor, x_t: torch.Tensor,
                      time: torch.Tensor) -> torch.Tensor:
@@ -465,7 +306,7 @@ class Pi0Model(nn.Module):
         with torch.inference_mode():
             self._check_suffix(state, x_t, images.shape[0])
             cache = self.build_prefix_cache(images, image_masks, tokens, token_masks)
-            return self.denoise_step(cache, state, x_t, _as_time(time, x_t))
+            return self.denoise_step(cache, state, x_t, as_time(time, x_t))
 
     def sample_actions(self, images: torch.Tensor, image_masks: torch.Tensor,
                        tokens: torch.Tensor, token_masks: torch.Tensor, state: torch.Tensor,
@@ -551,7 +392,7 @@ class Pi0Model(nn.Module):
                                 device=actions.device)
         if time is None:
             time = sample_time(b, generator=generator, device=actions.device)
-        time = _as_time(time, actions)
+        time = as_time(time, actions)
         t = time[:, None, None]
         x_t = t * noise + (1 - t) * actions
         target = noise - actions
@@ -560,11 +401,11 @@ class Pi0Model(nn.Module):
         valid = torch.cat([prefix_valid, torch.ones(suffix.shape[:2], dtype=torch.bool,
                                                     device=suffix.device)], 1)
         ar = torch.cat([torch.zeros(prefix.shape[1], dtype=torch.int64, device=valid.device),
-                        self._suffix_ar(valid.device)])
+                        suffix_ar(self.config.action_horizon, valid.device)])
         positions = torch.cumsum(valid.to(torch.int64), 1) - 1
         keep = torch.cat([prefix_valid.any(0), valid.new_ones(suffix.shape[1])])
         if not bool(keep.all()):
-            prefix, _, _ = _drop_invalid_tokens(prefix, prefix_valid, positions)
+            prefix, _, _ = drop_invalid_tokens(prefix, prefix_valid, positions)
             valid, positions, ar = valid[:, keep], positions[:, keep], ar[keep]
         outs, _ = joint_forward([self.vlm, self.expert], [prefix, suffix], positions,
                                 prefix_lm_allowed(ar, valid), need_output=[False, True])
@@ -616,26 +457,6 @@ def check_dtype(dtype: torch.dtype) -> None:
         raise ValueError(f'dtype must be one of {SUPPORTED_DTYPES}, got {dtype}.')
 
 
-def sample_time(batch: int, *, generator: torch.Generator | None = None,
-                device: torch.device | str = 'cpu') -> torch.Tensor:
-    """
-    Draw training flow times ``Beta(1.5, 1) * 0.999 + 0.001``.
-
-    Beta(a, 1) is sampled by inversion, ``u ** (1 / a)``, so a torch.Generator can seed it.
-
-    Args:
-        batch: B.
-        generator: Optional RNG.
-        device: Target device.
-
-    Returns:
-        (B,) float32 in [0.001, 1].
-    """
-    assert TIME_BETA_BETA == 1.0, 'inversion sampling needs beta == 1'
-    u = torch.rand(batch, generator=generator, dtype=torch.float32, device=device)
-    return u ** (1.0 / TIME_BETA_ALPHA) * TIME_SCALE + TIME_OFFSET
-
-
 def build_empty(config: Pi0Config, *, device: torch.device | str = 'cpu',
                 dtype: torch.dtype = torch.float32) -> Pi0Model:
     """
@@ -656,103 +477,6 @@ def build_empty(config: Pi0Config, *, device: torch.device | str = 'cpu',
     model = model.to_empty(device=device).eval().requires_grad_(False)
     model.fuse_weights(copy=False)
     return model
-
-
-@torch.no_grad()
-def init_random(model: Pi0Model, seed: int = 0, *, tiled: bool = False) -> Pi0Model:
-    """
-    Fill the parameters in place with random values (in their storage dtype, no copies).
-
-    Matrices get N(0, 1/fan_in), biases and Gemma norm scales 0, LayerNorm weights 1.
-
-    ``tiled=True`` is for benchmarks of big models only: one buffer of 2 * ``TILED_INIT_BUFFER``
-    N(0, 1) draws is made, scaled by 1/sqrt(fan_in) and cast once per (storage dtype, fan_in),
-    and every matrix is filled by copying that buffer from a seeded random offset, tile after
-    tile. Same per-element distribution and still deterministic per seed, but the values repeat
-    with period ``TILED_INIT_BUFFER``, so this is not an i.i.d. initialisation; it is many times
-    faster (memory-bound copies instead of random number generation).
-
-    Args:
-        model: A materialised model (for example from ``build_empty``).
-        seed: RNG seed.
-        tiled: Use the fast periodic fill (benchmarks).
-
-    Returns:
-        The same model.
-    """
-    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    layer_norms = {f'{n}.weight' for n, m in model.named_modules() if isinstance(m, nn.LayerNorm)}
-    normal: torch.Tensor | None = None
-    tiles: dict[tuple[torch.dtype, int], torch.Tensor] = {}
-    for name, param in model.named_parameters():
-        fan_in = math.prod(param.shape[1:])
-        if name in layer_norms:
-            param.fill_(1.0)
-        elif param.dim() == 1:
-            param.zero_()
-        elif tiled:
-            if normal is None:
-                normal = torch.randn(2 * TILED_INIT_BUFFER, generator=gen, device=param.device)
-            key = (param.dtype, fan_in)
-            if key not in tiles:  # one pre-scaled buffer per (dtype, fan_in): fills are copies
-                tiles[key] = (normal * fan_in ** -0.5).to(param.dtype)
-            _fill_tiled(param, tiles[key], gen)
-        else:
-            param.normal_(0.0, fan_in ** -0.5, generator=gen)
-    return model
-
-
-def _fill_tiled(param: torch.Tensor, buffer: torch.Tensor, gen: torch.Generator) -> None:
-    """Copy ``buffer[offset:offset + TILED_INIT_BUFFER]`` over ``param`` tile by tile."""
-    flat = param.view(-1)
-    offset = int(torch.randint(TILED_INIT_BUFFER, (1,), generator=gen,
-                               device=gen.device).item())
-    tile = buffer[offset:offset + TILED_INIT_BUFFER]
-    for start in range(0, flat.numel(), TILED_INIT_BUFFER):
-        part = flat[start:start + TILED_INIT_BUFFER]
-        part.copy_(tile[:part.numel()])
-
-
-def _drop_invalid_tokens(
-        emb: torch.Tensor, valid: torch.Tensor,
-        positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """
-    Remove prefix tokens that are invalid in every batch element.
-
-    Exact: such keys get zero attention weight from every valid query and do not advance the
-    positions (already computed), and outputs of invalid queries are never used. This skips
-    masked cameras and prompt padding.
-
-    Args:
-        emb: (B, S, D) embeddings.
-        valid: (B, S) bool.
-        positions: (B, S') positions, S' >= S (extra trailing columns are kept).
-
-    Returns:
-        The kept embeddings, validity and positions.
-    """
-    keep = valid.any(0)  # (S,)
-    if bool(keep.all()):
-        return emb, valid, positions
-    extra = positions.shape[1] - valid.shape[1]
-    keep_pos = torch.cat([keep, keep.new_ones(extra)])
-    return emb[:, keep], valid[:, keep], positions[:, keep_pos]
-
-
-def _apply(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """Apply a float32 head linear without the module-call overhead (same kernel)."""
-    return F.linear(x, layer.weight, layer.bias)
-
-
-def _as_time(time: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-    """Return flow times as a (B,) float32 tensor on the device of ``like``."""
-    b = like.shape[0]
-    time = torch.as_tensor(time, dtype=torch.float32, device=like.device)
-    if time.dim() == 0:
-        time = time.expand(b)
-    if tuple(time.shape) != (b,):
-        raise ValueError(f'time must be a scalar or (B,) = ({b},), got {tuple(time.shape)}.')
-    return time
 
 
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
