@@ -235,3 +235,10 @@ def test_param_overrides_are_typed_and_reach_the_policy_params(tmp_path):
                                strategy='async')
     policy = params[demo.POLICY_NODE_NAME][demo.ROS_PARAMETERS_KEY]
     assert (policy['action_mode'], policy['num_steps']) == ('absolute', 5)
+
+
+def test_the_plan_names_the_sim_node_as_the_sim_node_does():
+    """The pure planning module cannot import the sim node; its copy of the name must agree."""
+    from pi0_policy.ros import sim_node
+    from pi0_policy.sim import plan
+    assert plan.SIM_NODE_NAME == sim_node.NODE_NAME
