@@ -86,9 +86,8 @@ def test_malformed_images_raise_clear_errors(change, message):
         conversions.image_to_rgb(msg, use_cv_bridge=False)
 
 
+@pytest.mark.skipif(conversions.cv_bridge_available(), reason='cv_bridge is installed here')
 def test_use_cv_bridge_without_cv_bridge_says_what_to_install():
-    if conversions.cv_bridge_available():
-        pytest.skip('cv_bridge is installed here')
     with pytest.raises(ValueError, match='cv_bridge is not importable'):
         conversions.image_to_rgb(conversions.rgb_to_image(RGB), use_cv_bridge=True)
 
