@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 import dataclasses
-import json
 import math
 import pathlib
 import sys
 from typing import Any
 
 from pi0_policy.model.checkpoint import load_pi0
-from pi0_policy.model.config import FIXTURE_FORMAT
+from pi0_policy.model.config import read_fixture_json
 from pi0_policy.model.pi0 import TIME_GRID_RULES
 from safetensors.torch import load_file
 import torch
@@ -82,17 +81,10 @@ def read_fixture_config(fixture: pathlib.Path) -> dict[str, Any]:
     Raises:
         ValueError: If it is unreadable or not a "pi0-parity-fixture v1" fixture.
     """
-    file = fixture / 'config.json'
-    try:
-        data = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f'Cannot read {file}: {e}. Pass a parity fixture directory.') from e
-    if not isinstance(data, dict) or data.get('format') != FIXTURE_FORMAT:
-        got = data.get('format') if isinstance(data, dict) else None
-        raise ValueError(f'{file}: unknown fixture format {got!r}, expected {FIXTURE_FORMAT!r}.')
+    data = read_fixture_json(fixture)
     missing = [k for k in ('tolerances', 'time_grid', 'num_steps', 'num_cameras') if k not in data]
     if missing:
-        raise ValueError(f'{file} lacks required fields {missing}.')
+        raise ValueError(f'{fixture}/config.json lacks required fields {missing}.')
     return data
 
 

@@ -254,19 +254,35 @@ class Pi0Config:
         Raises:
             ValueError: If the file is not a "pi0-parity-fixture v1" config.
         """
-        path = pathlib.Path(path)
-        if path.is_dir():
-            path = path / 'config.json'
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f'Cannot read fixture config {path}: {e}') from e
-        if not isinstance(data, dict) or data.get('format') != FIXTURE_FORMAT:
-            got = data.get('format') if isinstance(data, dict) else type(data).__name__
-            raise ValueError(
-                f'{path} has format {got!r}, expected {FIXTURE_FORMAT!r}; '
-                'pass a parity fixture directory.')
+        data = read_fixture_json(path)
         return cls.from_dict(data)
+
+
+def read_fixture_json(path: str | pathlib.Path) -> dict[str, Any]:
+    """
+    Read a parity fixture's ``config.json`` and check its format.
+
+    Args:
+        path: The ``config.json`` file or the fixture directory holding it.
+
+    Returns:
+        The parsed config.
+
+    Raises:
+        ValueError: If it is unreadable or not a "pi0-parity-fixture v1" config.
+    """
+    path = pathlib.Path(path)
+    if path.suffix != '.json':  # a fixture directory
+        path = path / 'config.json'
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f'Cannot read {path}: {e}. Pass a parity fixture directory.') from e
+    if not isinstance(data, dict) or data.get('format') != FIXTURE_FORMAT:
+        got = data.get('format') if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f'{path}: unknown fixture format {got!r}, expected '
+                         f'{FIXTURE_FORMAT!r}; pass a parity fixture directory.')
+    return data
 
 
 def _pick(kind: type, data: dict[str, Any]) -> dict[str, Any]:
