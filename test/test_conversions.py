@@ -12,7 +12,7 @@ from nav_msgs.msg import Odometry
 import numpy as np
 from openpi_client import image_tools
 from pi0_policy.ros import commands, conversions, diagnostics, observation, visualization
-from pi0_policy.runtime import transforms
+from pi0_policy.runtime import inputs, status, transforms
 import pytest
 from sensor_msgs.msg import CompressedImage, Image, JointState
 import yaml
@@ -120,7 +120,7 @@ def test_joint_state_prefix_and_merge():
     right = JointState(name=['a'], position=[3.0])
     parts = [conversions.joint_state_to_arrays(left, prefix='left_'),
              conversions.joint_state_to_arrays(right, prefix='right_')]
-    names, positions = conversions.merge_joint_states(parts)
+    names, positions = inputs.merge_joint_states(parts)
     assert names == ('left_a', 'left_b', 'right_a')
     np.testing.assert_array_equal(positions, [1.0, 2.0, 3.0])
 
@@ -231,37 +231,37 @@ def test_command_router_for_a_mobile_manipulator():
 
 
 def test_observation_buffer_names_the_problem_input():
-    buffer = observation.ObservationBuffer(['cam', 'joints', 'wrist'], 0.1,
-                                           required=['cam', 'joints'])
+    buffer = inputs.ObservationBuffer(['cam', 'joints', 'wrist'], 0.1,
+                                      required=['cam', 'joints'])
     assert buffer.problem(0.0) == 'cam has not been received'
     buffer.put('cam', 'image', 1.0)
     buffer.put('joints', 'state', 1.0)
     assert buffer.problem(1.05) is None
-    assert buffer.ages(1.05) == pytest.approx((0.05, 0.05, observation.NEVER_RECEIVED))
+    assert buffer.ages(1.05) == pytest.approx((0.05, 0.05, inputs.NEVER_RECEIVED))
     assert buffer.problem(1.2) == 'cam is 0.200 s old (max_age 0.100 s)'
     buffer.put('cam', 'image', 1.2)
     buffer.reject('joints', 'NaN')
     assert buffer.problem(1.2) == 'joints is invalid: NaN'
     assert 'joints' not in buffer.snapshot()
     with pytest.raises(ValueError, match='max_age is 0'):
-        observation.ObservationBuffer(['a'], 0)
+        inputs.ObservationBuffer(['a'], 0)
 
 
 def test_status_and_diagnostics_messages():
-    snapshot = diagnostics.StatusSnapshot(
-        state=diagnostics.NodeState.HOLDING, detail="camera 'cam' is 0.3 s old",
+    snapshot = status.StatusSnapshot(
+        state=status.NodeState.HOLDING, detail="camera 'cam' is 0.3 s old",
         embodiment='mock', instruction='go', enabled=True, latency_last=0.1, latency_p50=0.1,
         latency_p99=0.2, rate_achieved=49.0, rate_target=50.0, input_names=('cam', 'joints'),
-        input_ages=(0.3, observation.NEVER_RECEIVED), max_age=0.2, chunk_sequence=2,
+        input_ages=(0.3, inputs.NEVER_RECEIVED), max_age=0.2, chunk_sequence=2,
         chunk_index=3, chunk_length=50, chunk_age=0.1, last_error='', ticks=10, hold_ticks=2,
         clamped_commands=1, inference_failures=0)
-    status = diagnostics.policy_status(snapshot, Time(sec=1))
-    assert status.state == status.STATE_HOLDING and status.state_name == 'HOLDING'
+    msg = diagnostics.policy_status(snapshot, Time(sec=1))
+    assert msg.state == msg.STATE_HOLDING and msg.state_name == 'HOLDING'
     array = diagnostics.diagnostic_array(snapshot, Time(sec=1), '/pi0')
     levels = [s.level for s in array.status]
     assert levels == [DiagnosticStatus.WARN, DiagnosticStatus.STALE, DiagnosticStatus.STALE]
     assert "camera 'cam'" in array.status[0].message
-    window = diagnostics.LatencyWindow(3)
+    window = status.LatencyWindow(3)
     for value in (1.0, 2.0, 3.0, 4.0):
         window.add(value)
     assert (window.last, window.percentile(50)) == (4.0, 3.0)
@@ -273,12 +273,12 @@ def test_robot_topics_are_checked_before_use(tmp_path):
     path = tmp_path / 'aloha.yaml'
     path.write_text(yaml.safe_dump(data))
     adapter = make_adapter(load_robot_config(str(path)))
-    specs = observation.input_specs(adapter, '/odom')
+    specs = inputs.input_specs(adapter, '/odom')
     with pytest.raises(ValueError, match=r"'/follower_left/gripper controller/commands' of "
                                          r'command forward_position \(robot config .*aloha'):
         observation.check_topics(adapter, specs, node_name='n', namespace='/')
     good = make_adapter(load_robot_config('aloha'))
-    observation.check_topics(good, observation.input_specs(good, '/odom'), node_name='n',
+    observation.check_topics(good, inputs.input_specs(good, '/odom'), node_name='n',
                              namespace='/')
 
 
@@ -316,9 +316,9 @@ def test_preview_messages():
 
 def _samples(names, positions):
     msg = JointState(name=list(names), position=list(positions))
-    spec = observation.InputSpec('joints', observation.InputKind.JOINT_STATES, '/j')
-    return (spec,), {'joints': observation.InputSample(observation.check_message(spec, msg),
-                                                       0.0)}
+    spec = inputs.InputSpec('joints', inputs.InputKind.JOINT_STATES, '/j')
+    return (spec,), {'joints': inputs.InputSample(observation.check_message(spec, msg),
+                                                  0.0)}
 
 
 def test_measured_gripper_command_comes_from_the_gripper_joint_or_its_calibration():
@@ -329,7 +329,7 @@ def test_measured_gripper_command_comes_from_the_gripper_joint_or_its_calibratio
     values = dict(zip(example['names'], example['positions']))
     # The robot publishes its gripper joint: the hold keeps exactly that value.
     specs, samples = _samples(values, values.values())
-    command = observation.measured_command(adapter, specs, samples)
+    command = inputs.measured_command(adapter, specs, samples)
     gripper = adapter.action_names.index('left_gripper')
     assert command[gripper] == values['left_gripper']
     assert command[0] == values['left_waist']  # arm joints as measured (no sign flips)
@@ -339,7 +339,7 @@ def test_measured_gripper_command_comes_from_the_gripper_joint_or_its_calibratio
         values[left.state_joint] = finger
         names = [n for n in values if not n.endswith('_gripper')]
         specs, samples = _samples(names, [values[n] for n in names])
-        command = observation.measured_command(adapter, specs, samples)
+        command = inputs.measured_command(adapter, specs, samples)
         assert command[gripper] == pytest.approx(expected)
 
 
@@ -349,15 +349,15 @@ def test_measured_command_is_none_without_fresh_finite_joints():
     positions = np.array(example['positions'])
     positions[0] = math.nan
     specs, samples = _samples(example['names'], positions)
-    assert observation.measured_command(adapter, specs, samples) is None
-    buffer = observation.ObservationBuffer(['joints'], 0.1)
+    assert inputs.measured_command(adapter, specs, samples) is None
+    buffer = inputs.ObservationBuffer(['joints'], 0.1)
     buffer.put('joints', samples['joints'].message, 1.0)
     assert 'joints' in buffer.snapshot(1.05) and buffer.snapshot(1.2) == {}
     assert 'joints' in buffer.snapshot()  # without a time: every valid sample
 
 
 def test_rate_meter_survives_concurrent_ticks_and_reads():
-    meter = diagnostics.RateMeter(0.01)
+    meter = status.RateMeter(0.01)
     stop = threading.Event()
     errors = []
 
@@ -384,7 +384,7 @@ def test_rate_meter_survives_concurrent_ticks_and_reads():
         ticker.join()
         sys.setswitchinterval(interval)
     assert errors == []
-    meter = diagnostics.RateMeter(0.01)
+    meter = status.RateMeter(0.01)
     meter.tick(5.0)
     meter.tick(5.005)
     assert meter.rate(5.005) == pytest.approx(2 / 0.01)

@@ -4,8 +4,8 @@ import dataclasses
 
 from pi0_msgs.msg import PolicyStatus
 from pi0_policy.ros import params
-from pi0_policy.ros.diagnostics import NodeState
 from pi0_policy.runtime.config import NodeConfig
+from pi0_policy.runtime.status import NodeState
 import pytest
 from rcl_interfaces.msg import ParameterType
 import rclpy

@@ -341,21 +341,6 @@ def joint_state_to_arrays(msg: JointState, *, prefix: str = '') -> tuple[tuple[s
     return tuple(prefix + name for name in names), positions
 
 
-def merge_joint_states(parts: Sequence[tuple[Sequence[str], np.ndarray]]
-                       ) -> tuple[tuple[str, ...], np.ndarray]:
-    """
-    Merge several (names, positions) pairs by name; a later pair wins on a repeated name.
-
-    Returns:
-        (names, positions (N,) float64) in first-seen order.
-
-    """
-    merged: dict[str, float] = {}
-    for names, positions in parts:
-        merged.update(zip(names, (float(value) for value in positions)))
-    return tuple(merged), np.fromiter(merged.values(), np.float64, len(merged))
-
-
 def odometry_to_base_velocity(msg: Odometry) -> np.ndarray:
     """
     Return the base velocity (vx, vy, wz) of an ``Odometry`` message in its child frame.

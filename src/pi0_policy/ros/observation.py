@@ -1,188 +1,22 @@
 """
-Keep the latest message of each policy input and decide whether an observation is complete.
+The ROS side of the policy's inputs: message types, topic checks, message validation, decoding.
 
-Pure Python (no rclpy; ROS message types only): subscription callbacks ``put`` messages (or
-``reject`` malformed ones),
-the control timer asks ``problem(now)`` every tick, the inference worker takes a ``snapshot``.
-An observation is complete only when every required input has a valid message younger than
-``max_age``; otherwise ``problem`` names the first input that is missing, invalid or stale.
+The buffer, the input specs and the observation assembly are pure and live in
+:mod:`pi0_policy.runtime.inputs`; this module adds what needs ROS messages.
 """
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-import enum
-import threading
+from collections.abc import Sequence
 from typing import Any
 
 from nav_msgs.msg import Odometry
 import numpy as np
 from pi0_policy.ros import conversions
+from pi0_policy.runtime.inputs import InputError, InputKind, InputSpec
 from sensor_msgs.msg import CompressedImage, Image, JointState
-
-# Age reported for an input that was never received (PolicyStatus convention).
-NEVER_RECEIVED = -1.0
-
-
-@dataclass(frozen=True)
-class InputSample:
-    """The newest message of one input."""
-
-    # The ROS message as received.
-    message: Any
-    # Its time in seconds (header stamp, or receive time when the header stamp is zero).
-    stamp: float
-
-
-class ObservationBuffer:
-    """Thread-safe store of the newest message per input, with staleness checks."""
-
-    def __init__(self, names: Sequence[str], max_age: float,
-                 required: Sequence[str] | None = None) -> None:
-        """
-        Create an empty buffer.
-
-        Args:
-            names: Names of all inputs (e.g. "camera 'cam_high'").
-            max_age: Seconds after which an input counts as stale.
-            required: The inputs an observation needs (all of ``names`` when None).
-
-        Raises:
-            ValueError: ``max_age`` is not positive, a name repeats, or a required name is not
-                an input.
-
-        """
-        if max_age <= 0.0:
-            raise ValueError(f'max_age is {max_age} s; expected a positive number of seconds.')
-        if len(set(names)) != len(names):
-            raise ValueError(f'Input names repeat in {list(names)}; expected unique names.')
-        required = tuple(names) if required is None else tuple(required)
-        unknown = [name for name in required if name not in names]
-        if unknown:
-            raise ValueError(f'Required inputs {unknown} are not among the inputs {list(names)}.')
-        self._names = tuple(names)
-        self._required = required
-        self._max_age = max_age
-        self._samples: dict[str, InputSample] = {}
-        self._errors: dict[str, str] = {}
-        self._lock = threading.Lock()
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """Return the input names in order."""
-        return self._names
-
-    def put(self, name: str, message: Any, stamp: float) -> None:
-        """Store a valid message of input ``name`` taken at ``stamp`` (seconds)."""
-        self._check_name(name)
-        with self._lock:
-            self._samples[name] = InputSample(message, stamp)
-            self._errors.pop(name, None)
-
-    def reject(self, name: str, reason: str) -> None:
-        """Mark input ``name`` unusable until its next valid message, because of ``reason``."""
-        self._check_name(name)
-        with self._lock:
-            self._errors[name] = reason
-
-    def ages(self, now: float) -> tuple[float, ...]:
-        """Return the age (s) of each input at ``now`` in ``names`` order, or NEVER_RECEIVED."""
-        with self._lock:
-            samples = dict(self._samples)
-        return tuple(max(0.0, now - samples[name].stamp) if name in samples else NEVER_RECEIVED
-                     for name in self._names)
-
-    def problem(self, now: float) -> str | None:
-        """Return why no observation can be formed at ``now`` (naming the input), or None."""
-        with self._lock:
-            samples = dict(self._samples)
-            errors = dict(self._errors)
-        for name in self._required:
-            if name in errors:
-                return f'{name} is invalid: {errors[name]}'
-            if name not in samples:
-                return f'{name} has not been received'
-            age = now - samples[name].stamp
-            if age > self._max_age:
-                return f'{name} is {age:.3f} s old (max_age {self._max_age:.3f} s)'
-        return None
-
-    def snapshot(self, now: float | None = None) -> dict[str, InputSample]:
-        """
-        Return the newest valid sample of every input received so far.
-
-        Args:
-            now: When given, only samples at most ``max_age`` old at ``now`` (seconds) are
-                returned: a hold must not go back to a pose measured long ago.
-
-        """
-        with self._lock:
-            return {name: sample for name, sample in self._samples.items()
-                    if name not in self._errors
-                    and (now is None or now - sample.stamp <= self._max_age)}
-
-    def _check_name(self, name: str) -> None:
-        """Raise if ``name`` is not an input (a wiring bug, not bad data)."""
-        if name not in self._names:
-            raise KeyError(f'Unknown input {name!r}; the buffer holds {list(self._names)}.')
-
-
-class InputKind(enum.Enum):
-    """Kinds of policy inputs and the message type each subscribes to."""
-
-    IMAGE = 'sensor_msgs/Image'
-    COMPRESSED_IMAGE = 'sensor_msgs/CompressedImage'
-    JOINT_STATES = 'sensor_msgs/JointState'
-    ODOMETRY = 'nav_msgs/Odometry'
-
 
 MESSAGE_TYPES: dict[InputKind, type] = {
     InputKind.IMAGE: Image, InputKind.COMPRESSED_IMAGE: CompressedImage,
     InputKind.JOINT_STATES: JointState, InputKind.ODOMETRY: Odometry}
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """One subscribed input of the policy."""
-
-    # Name used in diagnostics, e.g. "camera 'cam_high'".
-    name: str
-    kind: InputKind
-    topic: str
-    # Camera name for images; joint-name prefix for joint states; '' otherwise.
-    key: str = ''
-
-
-class InputError(ValueError):
-    """A ValueError caused by the newest message of one input."""
-
-    def __init__(self, spec: InputSpec, reason: str) -> None:
-        """Record which input failed and why."""
-        super().__init__(f'{spec.name} on {spec.topic}: {reason}')
-        self.spec = spec
-        self.reason = reason
-
-
-def input_specs(adapter: Any, odom_topic: str) -> tuple[InputSpec, ...]:
-    """
-    List the inputs an adapter needs: model cameras, joint-state topics, odometry if in state.
-
-    Args:
-        adapter: An ``embodiment_adapters.EmbodimentAdapter``.
-        odom_topic: Odometry topic, used when the robot config puts the base in the state.
-
-    Returns:
-        The input specs; cameras without a model slot are left out (the model cannot use them).
-
-    """
-    specs = [InputSpec(f"camera '{cam.name}'",
-                       InputKind.COMPRESSED_IMAGE if cam.compressed else InputKind.IMAGE,
-                       cam.topic, cam.name)
-             for cam in adapter.cameras if cam.model_slot is not None]
-    specs += [InputSpec(f"joint states '{topic.topic}'", InputKind.JOINT_STATES, topic.topic,
-                        topic.prefix) for topic in adapter.joint_state_topics]
-    if adapter.config.base_in_state:
-        specs.append(InputSpec(f"odometry '{odom_topic}'", InputKind.ODOMETRY, odom_topic))
-    return tuple(specs)
 
 
 def check_topics(adapter: Any, specs: Sequence[InputSpec], *, node_name: str,
@@ -209,12 +43,6 @@ def check_topics(adapter: Any, specs: Sequence[InputSpec], *, node_name: str,
         conversions.check_topic_name(topic, what, node_name=node_name, namespace=namespace)
 
 
-def required_names(adapter: Any, specs: Sequence[InputSpec]) -> tuple[str, ...]:
-    """Return the names of the inputs without which no observation is formed."""
-    optional = {f"camera '{cam.name}'" for cam in adapter.cameras if not cam.required}
-    return tuple(spec.name for spec in specs if spec.name not in optional)
-
-
 def check_message(spec: InputSpec, message: Any) -> Any:
     """
     Validate a message cheaply in its callback and return what the buffer stores.
@@ -239,7 +67,7 @@ def check_message(spec: InputSpec, message: Any) -> Any:
         raise InputError(spec, str(error)) from error
 
 
-def _image(spec: InputSpec, message: Any) -> np.ndarray:
+def decode_image(spec: InputSpec, message: Any) -> np.ndarray:
     """Decode a stored camera message into (H, W, 3) uint8."""
     try:
         if spec.kind == InputKind.COMPRESSED_IMAGE:
@@ -247,96 +75,3 @@ def _image(spec: InputSpec, message: Any) -> np.ndarray:
         return conversions.image_to_rgb(message)
     except ValueError as error:
         raise InputError(spec, str(error)) from error
-
-
-def joint_positions(specs: Sequence[InputSpec], samples: Mapping[str, InputSample]
-                    ) -> tuple[tuple[str, ...], np.ndarray]:
-    """Merge the stored joint states of all joint-state inputs by (prefixed) name."""
-    parts = [samples[spec.name].message for spec in specs
-             if spec.kind == InputKind.JOINT_STATES and spec.name in samples]
-    return conversions.merge_joint_states(parts)
-
-
-def assemble_observation(specs: Sequence[InputSpec], samples: Mapping[str, InputSample],
-                         adapter: Any, prompt: str, *, now: float, max_age: float
-                         ) -> tuple[dict[str, Any], float]:
-    """
-    Turn the newest samples into a policy observation.
-
-    Args:
-        specs: The inputs.
-        samples: ``ObservationBuffer.snapshot()``.
-        adapter: The embodiment adapter (state by joint name).
-        prompt: The instruction.
-        now: Current time (s); optional cameras older than ``max_age`` are left out (masked).
-        max_age: Seconds after which an input is stale.
-
-    Returns:
-        (observation {'images', 'state', 'prompt'}, obs_time = newest input stamp, at most now).
-
-    Raises:
-        InputError: A stored message does not decode.
-        ValueError: The joint states lack a joint or are inconsistent (adapter message).
-
-    """
-    images = {spec.key: _image(spec, samples[spec.name].message) for spec in specs
-              if spec.kind in (InputKind.IMAGE, InputKind.COMPRESSED_IMAGE)
-              and spec.name in samples and now - samples[spec.name].stamp <= max_age}
-    names, positions = joint_positions(specs, samples)
-    odometry = [samples[spec.name].message for spec in specs
-                if spec.kind == InputKind.ODOMETRY and spec.name in samples]
-    state = adapter.state_from_joint_states(names, positions,
-                                            odometry[0] if odometry else None)
-    stamps = [samples[spec.name].stamp for spec in specs if spec.name in samples]
-    obs_time = min(max(stamps), now) if stamps else now
-    return {'images': images, 'state': state, 'prompt': prompt}, obs_time
-
-
-def measured_command(adapter: Any, specs: Sequence[InputSpec],
-                     samples: Mapping[str, InputSample]) -> np.ndarray | None:
-    """
-    Return the measured robot position as a (D,) command (base dims 0), or None if unknown.
-
-    Used as the reference of the first safe command and of a hold before any command, so it
-    must equal what the robot's command joints read now. Arm joints are read by name. A gripper
-    reads its command joint's own JointState value when the robot publishes it (Interbotix and
-    the sim publish ``gripper``); otherwise its state joint's opening fraction between the
-    robot's state closed/open values is mapped onto the command closed/open values. The model's
-    state -> action conventions are not used: ALOHA's state and action gripper conventions
-    differ, and a round trip through them would move the gripper on the first command.
-
-    Args:
-        adapter: The embodiment adapter.
-        specs: The inputs.
-        samples: The samples to read, e.g. ``ObservationBuffer.snapshot(now)`` (fresh only).
-
-    Returns:
-        (D,) command in ``action_names`` order, or None when a used joint is missing or not
-        finite.
-
-    """
-    names, positions = joint_positions(specs, samples)
-    try:  # every used joint present and finite (the adapter's checks and messages)
-        adapter.state_from_joint_states(
-            names, positions, np.zeros(len(adapter.config.base))
-            if adapter.config.base_in_state else None)
-    except ValueError:
-        return None
-    value = dict(zip(names, positions))
-    command = np.zeros(adapter.dof)  # (D,) joints first, then base dims (0: at rest)
-    for k, joint in enumerate(adapter.config.joints):
-        command[k] = _measured_joint(joint, value)
-    return command if np.isfinite(command).all() else None
-
-
-def _measured_joint(joint: Any, value: Mapping[str, float]) -> float:
-    """Return the command-joint value of one ``JointSpec`` from joint positions by name."""
-    gripper = joint.gripper
-    if gripper is None:
-        return value[joint.name]
-    own = value.get(joint.name)
-    if own is not None and np.isfinite(own):
-        return own
-    fraction = (value[gripper.state_joint] - gripper.state_closed_value) / (
-        gripper.state_open_value - gripper.state_closed_value)  # 0 = closed, 1 = open
-    return gripper.closed_value + fraction * (gripper.open_value - gripper.closed_value)

@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pi0_policy.runtime.chunking import available_strategies, ExecutionConfig
-from pi0_policy.runtime.config import DTYPES, NodeConfig, PolicyLoadConfig, ReportingConfig
+from pi0_policy.runtime.chunking import available_strategies
+from pi0_policy.runtime.config import (
+    DTYPES, ExecutionConfig, NodeConfig, PolicyLoadConfig, ReportingConfig)
 from pi0_policy.runtime.pipeline import ACTION_MODE_ROBOT, ACTION_MODES
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 ParameterType)

@@ -11,8 +11,9 @@ only while enabled (``~/enable``).
 Threads: the control loop (``ControlLoop``) has its own thread and only takes the next action
 from the chunk executor, filters it and publishes (a tick that raises gives a hold and the ERROR
 state; the loop keeps running); subscriptions, services and reporting share one callback group;
-inference runs in ``InferenceWorker``'s thread. The tick and inference logic is ``Controller``'s,
-the status bookkeeping ``StatusReporter``'s; this node wires them to ROS.
+inference runs in ``InferenceWorker``'s thread. The tick and inference logic is ``Session``'s,
+the status bookkeeping ``StatusReporter``'s (both pure, in runtime/); this node wires
+them to ROS.
 
 Shutdown (Ctrl-C, SIGTERM, or the shutdown transition): ``close()`` stops the control timer, waits
 for a tick in progress, joins the inference thread (a thread still running torch at interpreter
@@ -34,17 +35,17 @@ from pi0_msgs.srv import SetInstruction
 from pi0_policy.ros import conversions, diagnostics, params, visualization
 from pi0_policy.ros.commands import CommandRouter
 from pi0_policy.ros.control_loop import ControlLoop
-from pi0_policy.ros.controller import Controller
-from pi0_policy.ros.diagnostics import NodeState
 from pi0_policy.ros.observation import (
-    check_message, check_topics, input_specs, InputError, InputSpec, MESSAGE_TYPES,
-    ObservationBuffer, required_names)
-from pi0_policy.ros.reporting import StatusReporter
+    check_message, check_topics, decode_image, MESSAGE_TYPES)
 from pi0_policy.ros.worker import InferenceWorker
 from pi0_policy.runtime.chunking import make_executor
 from pi0_policy.runtime.config import NodeConfig
+from pi0_policy.runtime.inputs import (
+    input_specs, InputError, InputSpec, ObservationBuffer, required_names)
 from pi0_policy.runtime.policy import Pi0Policy
 from pi0_policy.runtime.safety import SafetyConfig, SafetyFilter
+from pi0_policy.runtime.session import Session
+from pi0_policy.runtime.status import NodeState, StatusReporter, StatusSnapshot
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import NameValidationException
@@ -92,7 +93,7 @@ class PolicyNode(LifecycleNode):
         self._router: CommandRouter | None = None
         self._inputs: tuple[InputSpec, ...] = ()
         self._ghosts: tuple[visualization.GhostGroup, ...] = ()
-        self._ctl: Controller | None = None
+        self._ctl: Session | None = None
         self._status: StatusReporter | None = None
         self._command_pubs: list[LifecyclePublisher] = []
         self._ghost_pubs: list[LifecyclePublisher] = []
@@ -158,11 +159,11 @@ class PolicyNode(LifecycleNode):
         self._ghosts = visualization.ghost_groups(adapter)
         self._status = StatusReporter(adapter.name, executor, buffer, safety, max_age=cfg.max_age,
                                       latency_window=cfg.reporting.latency_window)
-        self._ctl = Controller(
+        self._ctl = Session(
             adapter, inputs, buffer, self._policy, executor, safety, self._status,
             max_age=cfg.max_age, instruction=cfg.prompt, enabled=cfg.enabled_at_start,
-            clock=self._now, publish=self._publish, publish_chunk=self._publish_chunk,
-            on_state_change=self._publish_status)
+            clock=self._now, decode=decode_image, publish=self._publish,
+            publish_chunk=self._publish_chunk, on_state_change=self._publish_status)
         self._create_io(cfg)
 
     def _keep(self, entity):
@@ -368,7 +369,7 @@ class PolicyNode(LifecycleNode):
             if msg is not None:
                 publisher.publish(msg)
 
-    def _snapshot(self) -> diagnostics.StatusSnapshot:
+    def _snapshot(self) -> StatusSnapshot:
         return self._status.snapshot(self._now(), instruction=self._ctl.instruction,
                                      enabled=self._ctl.enabled,
                                      running=self._control_timer is not None)

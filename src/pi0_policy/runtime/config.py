@@ -4,14 +4,15 @@ Frozen configuration of the policy node, built once from its parameters in ``on_
 Pure Python (no rclpy): ``pi0_policy.ros.params`` declares the parameters and fills these
 dataclasses; callbacks only read the frozen snapshot. Every field is validated here, so a bad
 value fails ``configure`` with a message that names the parameter, the value and what to do.
-Chunk execution reuses ``ExecutionConfig``; the ``SafetyConfig`` of the safety filter needs the
-robot's limits, so it is built at configure time from the adapter and ``velocity_scale``.
+``ExecutionConfig`` (chunk execution) is defined here too; the ``SafetyConfig`` of the safety
+filter needs the robot's limits, so it is built at configure time from the adapter and
+``velocity_scale``.
 """
 
 from dataclasses import dataclass
+import math
 import re
 
-from pi0_policy.runtime.chunking import ExecutionConfig
 from pi0_policy.runtime.pipeline import ACTION_MODE_ROBOT, ACTION_MODES
 
 # Torch dtypes the policy can run in (pi0_policy.runtime.policy.DTYPES).
@@ -29,6 +30,113 @@ def _require(ok: bool, name: str, value: object, expected: str) -> None:
     if not ok:
         raise ValueError(f"Parameter '{name}' is {value!r}; expected {expected}. Fix the "
                          'parameter (YAML or --ros-args -p) and configure again.')
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f'ExecutionConfig.{name} must be an int, got {value!r} '
+                        f'({type(value).__name__}).')
+    if value < minimum:
+        raise ValueError(f'ExecutionConfig.{name}={value} is too small; expected >= {minimum}.')
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """Settings of chunk execution (one frozen snapshot, validated on construction)."""
+
+    # Strategy name: 'sync', 'async' or 'ensemble' (see available_strategies()).
+    strategy: str = 'async'
+    # Rate of next_action() calls (control ticks), Hz; dt = 1 / control_rate_hz.
+    control_rate_hz: float = 50.0
+    # Rate the policy's actions are spaced at, Hz (the robot config's control_rate_hz: the rate of
+    # the data the checkpoint was trained on): action k of a chunk is meant for
+    # obs_time + k / chunk_rate_hz. None: the same as control_rate_hz. When it differs, each tick
+    # interpolates linearly between the two actions around its time.
+    chunk_rate_hz: float | None = None
+    # Chunk length H the policy produces, when known; every chunk and, for sync, execute_steps
+    # are checked against it.
+    horizon: int | None = None
+    # sync: chunk actions executed from each chunk (a span of execute_steps / chunk_rate_hz
+    # seconds) before the robot holds and the next inference starts.
+    execute_steps: int = 25
+    # async: request the next inference once at most this many actions are left in the chunk
+    # (>= H requests on every tick).
+    request_remaining: int = 25
+    # async: ticks added to the latency estimate; the request also fires once the actions left
+    # are <= estimated delay (ticks) + this margin, so the next chunk lands in time.
+    latency_margin_ticks: int = 2
+    # Number of recent chunk delays (tick that took the chunk - obs_time) behind the estimate.
+    latency_window: int = 20
+    # Quantile of the recent delays used as the latency estimate; 1.0 takes the maximum.
+    latency_quantile: float = 1.0
+    # Delays ignored after construction (cold start: the first inference allocates / compiles).
+    latency_skip_first: int = 1
+    # ensemble: ACT coefficient m of w_j = exp(-m * j), j = 0 the oldest chunk; m > 0 is smoother.
+    ensemble_coefficient: float = 0.01
+    # async, ensemble: oldest a chunk may be (seconds since its observation) for an action to be
+    # taken from it; older chunks are discarded (ExecutorStats.chunks_too_old). sync ignores it:
+    # the robot holds while the policy infers and each chunk starts at its action 0 on arrival.
+    max_chunk_age: float = 2.0
+    # Plan-clock tolerance, ticks: drifting further from now re-synchronises (skips) the plan.
+    max_tick_lag: float = 1.5
+
+    def __post_init__(self) -> None:
+        """Check the fields and their combinations; errors name the values involved."""
+        # The registry imports this module (strategies take an ExecutionConfig): import late.
+        from pi0_policy.runtime.chunking import get_strategy
+        get_strategy(self.strategy)
+        if not (math.isfinite(self.control_rate_hz) and self.control_rate_hz > 0):
+            raise ValueError(f'ExecutionConfig.control_rate_hz={self.control_rate_hz!r} must be a '
+                             'finite positive rate in Hz (e.g. 50.0).')
+        if self.chunk_rate_hz is not None:
+            rate = self.chunk_rate_hz
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+                raise TypeError(
+                    f'ExecutionConfig.chunk_rate_hz must be a number of Hz or None, got {rate!r} '
+                    f'({type(rate).__name__}); control_rate_hz={self.control_rate_hz}.')
+            if not (math.isfinite(rate) and rate > 0):
+                raise ValueError(
+                    f'ExecutionConfig.chunk_rate_hz={rate!r} must be a finite positive rate in Hz '
+                    "(the spacing of the policy's actions: the robot config's control_rate_hz), "
+                    f'or None to use control_rate_hz={self.control_rate_hz}.')
+        for name, minimum in (('execute_steps', 1), ('request_remaining', 0),
+                              ('latency_margin_ticks', 0), ('latency_window', 1),
+                              ('latency_skip_first', 0)):
+            _check_int(name, getattr(self, name), minimum)
+        if self.horizon is not None:
+            _check_int('horizon', self.horizon, 1)
+            if self.strategy == 'sync' and self.execute_steps > self.horizon:
+                raise ValueError(
+                    f'ExecutionConfig.execute_steps={self.execute_steps} exceeds '
+                    f'horizon={self.horizon}: a chunk has only {self.horizon} actions; '
+                    f'set execute_steps <= {self.horizon}.')
+        if not 0.0 < self.latency_quantile <= 1.0:
+            raise ValueError(f'ExecutionConfig.latency_quantile={self.latency_quantile!r} must be '
+                             'in (0, 1]; use 1.0 for the maximum of recent delays.')
+        if not math.isfinite(self.ensemble_coefficient):
+            raise ValueError(f'ExecutionConfig.ensemble_coefficient={self.ensemble_coefficient!r} '
+                             'must be finite (ACT uses 0.01).')
+        if not self.max_tick_lag > 1.0:
+            raise ValueError(f'ExecutionConfig.max_tick_lag={self.max_tick_lag!r} must exceed 1 '
+                             'tick, or the plan clock re-synchronises on ordinary jitter.')
+        if not self.max_chunk_age > 0:
+            raise ValueError(f'ExecutionConfig.max_chunk_age={self.max_chunk_age!r} must be a '
+                             'positive number of seconds.')
+
+    @property
+    def dt(self) -> float:
+        """Return the control period in seconds."""
+        return 1.0 / self.control_rate_hz
+
+    @property
+    def resolved_chunk_rate_hz(self) -> float:
+        """Return the rate of the actions in a chunk: chunk_rate_hz, or control_rate_hz if None."""
+        return self.control_rate_hz if self.chunk_rate_hz is None else float(self.chunk_rate_hz)
+
+    @property
+    def chunk_dt(self) -> float:
+        """Return the time between consecutive actions of a chunk, seconds."""
+        return 1.0 / self.resolved_chunk_rate_hz
 
 
 @dataclass(frozen=True)

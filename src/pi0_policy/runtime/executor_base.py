@@ -43,8 +43,8 @@ from typing import ClassVar, TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # chunking imports this module; the config is only needed for annotations
-    from pi0_policy.runtime.chunking import ExecutionConfig
+if TYPE_CHECKING:  # the config is only needed for annotations
+    from pi0_policy.runtime.config import ExecutionConfig
 
 # Axis letters: H = chunk length (actions per chunk), D = robot command dims.
 ActionChunk = np.ndarray  # (H, D) robot units

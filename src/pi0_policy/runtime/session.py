@@ -1,36 +1,37 @@
 """
-The policy node's control and inference logic, without a Node.
+The tick / hold / enable state machine of a policy run, without ROS.
 
-``Controller`` decides each control tick (take the next action of the chunk executor, or hold;
+``Session`` decides each control tick (take the next action of the chunk executor, or hold;
 make it safe; ask for the next inference) and runs each inference (assemble the observation,
-infer, queue the chunk). It never infers on the control thread. The node owns the threads and
-the lock that keeps a tick from racing with stopping the loop, and passes in how a command and a
-chunk are published and how a state change is reported.
+infer, queue the chunk). It never infers on the control thread. The caller (the ROS node, or a
+test) owns the threads and the lock that keeps a tick from racing with stopping the loop, and
+passes in how a command and a chunk are published, how camera payloads are decoded and how a
+state change is reported. Pure Python (no rclpy).
 """
 
 from collections.abc import Callable
 
 from embodiment_adapters import EmbodimentAdapter
 import numpy as np
-from pi0_policy.ros.diagnostics import NodeState
-from pi0_policy.ros.observation import (
-    assemble_observation, InputError, InputSpec, measured_command, ObservationBuffer)
-from pi0_policy.ros.reporting import StatusReporter
-from pi0_policy.runtime.chunking import ChunkExecutor
+from pi0_policy.runtime.executor_base import ChunkExecutor
+from pi0_policy.runtime.inputs import (
+    assemble_observation, ImageDecoder, InputError, InputSpec, measured_command,
+    ObservationBuffer)
 from pi0_policy.runtime.policy import Pi0Policy, PolicyResult, TIME_TOTAL
 from pi0_policy.runtime.safety import HoldReason, SafetyFilter
+from pi0_policy.runtime.status import NodeState, StatusReporter
 
 DISABLED_DETAIL = 'enable with the ~/enable service'
 
 
-class Controller:
-    """Run-time state of one configured node: enable flag, instruction, plan, faults."""
+class Session:
+    """Run-time state of one configured run: enable flag, instruction, plan, faults."""
 
     def __init__(self, adapter: EmbodimentAdapter, inputs: tuple[InputSpec, ...],
                  buffer: ObservationBuffer, policy: Pi0Policy, executor: ChunkExecutor,
                  safety: SafetyFilter, status: StatusReporter, *, max_age: float,
                  instruction: str, enabled: bool, clock: Callable[[], float],
-                 publish: Callable[[np.ndarray | None], None],
+                 decode: ImageDecoder, publish: Callable[[np.ndarray | None], None],
                  publish_chunk: Callable[[PolicyResult, float, str, int], None],
                  on_state_change: Callable[[], None]) -> None:
         """
@@ -48,6 +49,7 @@ class Controller:
             instruction: Instruction at start.
             enabled: Whether commands flow at start.
             clock: Returns the node's time in seconds.
+            decode: Decodes a stored camera payload (inference thread).
             publish: Sends a (D,) command in robot units; None sends only a zero base twist.
             publish_chunk: Publishes (result, observation time, instruction, sequence).
             on_state_change: Called after the state changed (publishes the status).
@@ -56,7 +58,8 @@ class Controller:
         self.adapter, self.inputs, self.buffer, self.policy = adapter, inputs, buffer, policy
         self.executor, self.safety, self.status, self.max_age = executor, safety, status, max_age
         self.instruction, self.enabled = instruction, enabled
-        self._clock, self._publish, self._publish_chunk = clock, publish, publish_chunk
+        self._clock, self._decode = clock, decode
+        self._publish, self._publish_chunk = publish, publish_chunk
         self._on_state_change = on_state_change
         self.sequence = 0
         # commanded: a policy action was sent since the last enable/activate (holds may follow).
@@ -154,7 +157,7 @@ class Controller:
             try:
                 observation, obs_time = assemble_observation(
                     self.inputs, self.buffer.snapshot(), self.adapter, instruction, now=now,
-                    max_age=self.max_age)
+                    max_age=self.max_age, decode=self._decode)
             except InputError as error:
                 self.buffer.reject(error.spec.name, error.reason)
                 raise
