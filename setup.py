@@ -30,8 +30,8 @@ setup(
         'console_scripts': [
             'pi0-policy = pi0_policy.cli:main',
             'pi0_policy_node = pi0_policy.ros.policy_node:main',
-            'aloha_sim_node = pi0_policy.ros.sim_node:main',
-            'pi0_sim_demo = pi0_policy.ros.demo:main',
+            'aloha_sim_node = pi0_policy.ros.sim.sim_node:main',
+            'pi0_sim_demo = pi0_policy.ros.sim.demo:main',
         ],
     },
 )

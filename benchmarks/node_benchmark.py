@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from embodiment_adapters import load_robot_config, make_adapter  # noqa: E402, I100
 from pi0_policy.ros import conversions  # noqa: E402
 from pi0_policy.ros.policy_node import GIL_SWITCH_INTERVAL, PolicyNode  # noqa: E402
-from pi0_policy.ros.synthetic_robot import SyntheticRobot  # noqa: E402
+from pi0_policy.ros.sim.synthetic_robot import SyntheticRobot  # noqa: E402
 from pi0_policy.runtime import transforms  # noqa: E402
 from pi0_policy.runtime.policy import Pi0Policy  # noqa: E402
 

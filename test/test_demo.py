@@ -12,7 +12,7 @@ import math
 
 from embodiment_adapters import load_robot_config
 import numpy as np
-from pi0_policy.ros import demo
+from pi0_policy.ros.sim import demo
 from pi0_policy.sim.aloha import SimCost
 from PIL import Image as PilImage
 import pytest
@@ -239,6 +239,6 @@ def test_param_overrides_are_typed_and_reach_the_policy_params(tmp_path):
 
 def test_the_plan_names_the_sim_node_as_the_sim_node_does():
     """The pure planning module cannot import the sim node; its copy of the name must agree."""
-    from pi0_policy.ros import sim_node
+    from pi0_policy.ros.sim import sim_node
     from pi0_policy.sim import plan
     assert plan.SIM_NODE_NAME == sim_node.NODE_NAME

@@ -10,7 +10,8 @@ import ast
 import importlib.util
 import pathlib
 
-from pi0_policy.ros import params, sim_node
+from pi0_policy.ros import params
+from pi0_policy.ros.sim import sim_node
 import pytest
 import yaml
 

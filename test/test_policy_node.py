@@ -26,7 +26,7 @@ from pi0_msgs.srv import SetInstruction
 from pi0_policy.model.config import Pi0Config
 from pi0_policy.ros import conversions, visualization
 from pi0_policy.ros.policy_node import GIL_SWITCH_INTERVAL, PolicyNode
-from pi0_policy.ros.synthetic_robot import SyntheticRobot
+from pi0_policy.ros.sim.synthetic_robot import SyntheticRobot
 import pytest
 import rclpy
 from rclpy.executors import MultiThreadedExecutor

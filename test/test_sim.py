@@ -9,8 +9,8 @@ from embodiment_adapters import load_adapter, load_robot_config
 import numpy as np
 from pi0_msgs.msg import PolicyStatus
 from pi0_policy.ros import conversions
-from pi0_policy.ros.sim_node import (AlohaSimNode, build_routes, CLOCK_TOPIC,
-                                     config_from_values, LOCKSTEP_TIMEOUT, parse_mapping)
+from pi0_policy.ros.sim.sim_node import (AlohaSimNode, build_routes, CLOCK_TOPIC,
+                                         config_from_values, LOCKSTEP_TIMEOUT, parse_mapping)
 from pi0_policy.sim import report
 from pi0_policy.sim.aloha import (
     AlohaSim, AlohaSimConfig, ARM_DOF, GripperCalibration, INTERBOTIX_ROS2_GRIPPER,

@@ -1,16 +1,16 @@
 """
 Plan one run of the simulated ALOHA demo: its options, clock, chunk strategy and node parameters.
 
-Pure Python (no rclpy): :mod:`pi0_policy.ros.demo` starts the nodes and records the run;
+Pure Python (no rclpy): :mod:`pi0_policy.ros.sim.demo` starts the nodes and records the run;
 this module decides what the run does before any node starts and writes the parameters file.
 
 Clock (``--time auto|real|sim``, default auto): before starting the nodes the demo measures what
-the sim costs per control period on this machine (``calibrate`` in :mod:`pi0_policy.ros.demo`:
+the sim costs per control period on this machine (``calibrate`` in :mod:`pi0_policy.ros.sim.demo`:
 physics step plus the camera frames amortised over their rate, with the sim's own settings, for
 about a second) and runs in real time when that is at most ``REAL_TIME_MAX_LOAD`` of the period --
 the rest is left to the pi0 node, ROS message transport and the recorder, which share the CPU --
 and otherwise on simulated time: the sim publishes ``/clock`` and steps in lockstep with the pi0
-node's commands (see :mod:`pi0_policy.ros.sim_node`), and the pi0 node gets ``use_sim_time``. A
+node's commands (see :mod:`pi0_policy.ros.sim.sim_node`), and the pi0 node gets ``use_sim_time``. A
 full checkpoint on the CPU always runs on simulated time (its inference takes seconds and loads
 every core).
 
@@ -31,9 +31,9 @@ from pi0_policy.sim.aloha import CALIBRATION_SECONDS, SimCost
 from pi0_policy.sim.report import VIDEO_FORMATS
 import yaml
 
-# Node names of pi0_policy.ros.policy_node and pi0_policy.ros.sim_node (not imported: this module
-# is pure). test_demo compares the first with the node's; the second is read back by
-# pi0_policy.ros.demo under sim_node.NODE_NAME from the parameters written here.
+# Node names of pi0_policy.ros.policy_node and pi0_policy.ros.sim.sim_node (not imported: this
+# module is pure). test_demo compares the first with the node's; the second is read back by
+# pi0_policy.ros.sim.demo under sim_node.NODE_NAME from the parameters written here.
 POLICY_NODE_NAME = 'pi0_policy_node'
 SIM_NODE_NAME = 'aloha_sim'
 
@@ -208,7 +208,7 @@ def plan_run(options: DemoOptions, params: dict[str, Any],
         params: The node parameters, keyed by node name (``sim_bimanual.yaml``).
         log: Where the choices are printed.
         measure: Measures the sim's cost per control period from the sim node's parameters
-            (``calibrate`` of :mod:`pi0_policy.ros.demo`); called only for 'auto' time.
+            (``calibrate`` of :mod:`pi0_policy.ros.sim.demo`); called only for 'auto' time.
 
     Returns:
         The plan.

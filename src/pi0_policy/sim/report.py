@@ -1,8 +1,9 @@
 """
 Write the report of a simulated demo run: joint plot, camera video, summary.json and a printout.
 
-Pure Python (no rclpy): the ROS side (:mod:`pi0_policy.ros.demo`) records the run and passes plain
-values here. Plots use matplotlib's Agg backend and videos imageio, both imported on first use.
+Pure Python (no rclpy): the ROS side (:mod:`pi0_policy.ros.sim.demo`) records the run and passes
+plain values here. Plots use matplotlib's Agg backend and videos imageio, both imported on first
+use.
 
 Records are ``{action name: [(seconds since start, value), ...]}``.
 """
@@ -35,7 +36,7 @@ MIN_FPS = 1.0
 
 # Action name -> [(seconds since start, value)].
 Records = Mapping[str, Sequence[tuple[float, float]]]
-# Counters of the sim node's statistics (pi0_policy.ros.sim_node.AlohaSimNode.stats), reported
+# Counters of the sim node's statistics (pi0_policy.ros.sim.sim_node.AlohaSimNode.stats), reported
 # over the recorded window only (the sim also counts while the pi0 node loads).
 SIM_COUNTERS = ('steps', 'lag_events', 'commands', 'rejected', 'frames', 'lockstep_waits',
                 'lockstep_wait_s', 'sim_time', 'wall_time')

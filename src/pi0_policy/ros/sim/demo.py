@@ -36,10 +36,10 @@ from lifecycle_msgs.srv import GetState
 import numpy as np
 from pi0_msgs.msg import ActionChunk, PolicyStatus
 from pi0_policy.ros import conversions
-from pi0_policy.ros.sim_node import config_from_values as sim_config_from_values
+from pi0_policy.ros.sim.sim_node import config_from_values as sim_config_from_values
 # SIM_NODE_NAME comes from the node itself: the parameters that pi0_policy.sim.plan writes under
 # its own copy of the name are read back under this one.
-from pi0_policy.ros.sim_node import DIAGNOSTIC_NAME, NODE_NAME as SIM_NODE_NAME
+from pi0_policy.ros.sim.sim_node import DIAGNOSTIC_NAME, NODE_NAME as SIM_NODE_NAME
 from pi0_policy.sim import plan as sim_plan
 from pi0_policy.sim import report
 from pi0_policy.sim.aloha import (AlohaSim, CALIBRATION_SECONDS, measure_cost, SimCost,
@@ -66,7 +66,7 @@ from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
 
 POLICY_MODULE = 'pi0_policy.ros.policy_node'
-SIM_MODULE = 'pi0_policy.ros.sim_node'
+SIM_MODULE = 'pi0_policy.ros.sim.sim_node'
 DEFAULT_ROBOT = 'aloha'
 PARAMS_OUT_FILE = 'params.yaml'
 RECORDER_NODE_NAME = 'pi0_sim_demo_recorder'
