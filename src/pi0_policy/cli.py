@@ -1,10 +1,14 @@
 """
-Command line ``pi0-policy``: ``parity FIXTURE_DIR [...]`` and ``benchmark``.
+Command line ``pi0-policy``: ``parity``, ``benchmark``, ``train`` and ``bag2dataset``.
 
-``parity`` checks this implementation against "pi0-parity-fixture v1" directories (weights,
-inputs and a peer's outputs): camera 0's image tokens, the velocity at t = 1, the actions with the
-fixture's exact time grid and the per-element training loss, each against the fixture's tolerance.
-Exit status: 0 all pass, 1 a mismatch, 2 an unreadable or unknown fixture.
+``parity FIXTURE_DIR [...]`` checks this implementation against "pi0-parity-fixture v1"
+directories (weights, inputs and a peer's outputs): camera 0's image tokens, the velocity at
+t = 1, the actions with the fixture's exact time grid and the per-element training loss, each
+against the fixture's tolerance; where the fixture has ``grads.safetensors``, also the mean loss
+and the gradient of every parameter (per tensor: ``|g - g_ref| <= grad_rel |g_ref| + grad_abs``,
+L2 norms). Exit status: 0 all pass, 1 a mismatch, 2 an unreadable or unknown fixture.
+``train`` fine-tunes or trains π0 on LeRobot datasets (``pi0_policy.training.train``);
+``bag2dataset`` converts rosbag2 recordings into one (``pi0_policy.data.rosbag``).
 """
 
 from __future__ import annotations
@@ -17,19 +21,25 @@ import pathlib
 import sys
 from typing import Any
 
-from pi0_policy.model.checkpoint import load_pi0
+from pi0_policy.model.checkpoint import (
+    EMBED_KEY, LAYOUT_LEROBOT, LEROBOT_PREFIX, load_pi0, openpi_key, PREFIX_MAP)
 from pi0_policy.model.config import read_fixture_json
 from pi0_policy.model.pi0 import TIME_GRID_RULES
 from safetensors.torch import load_file
 import torch
 
 IO_FILE = 'io.safetensors'
+GRADS_FILE = 'grads.safetensors'
 EXIT_OK = 0
 EXIT_MISMATCH = 1
 EXIT_BAD_FIXTURE = 2
 # Output name -> key of its tolerance in config.json["tolerances"].
 TOLERANCE_KEYS = {'image_tokens_0': 'image_tokens_abs', 'velocity_t1': 'velocity_abs',
                   'actions': 'actions_abs', 'train_losses': 'loss_abs'}
+# Gradient checks: name, per-tensor rule (worst ``error / bound`` must stay <= 1).
+GRADS_CHECK = 'grads'
+LOSS_MEAN_CHECK = 'loss_mean'
+GRAD_RATIO_LIMIT = 1.0
 # The fixture's float32 t values are compared exactly (they are exact float32 decimals).
 TIME_GRID_ATOL = 0.0
 
@@ -44,6 +54,9 @@ class ParityCheck:
     max_abs_diff: float
     # Allowed max abs difference.
     tolerance: float
+
+    # What max_abs_diff measures (the gradient check reports its worst error / bound ratio).
+    metric: str = 'max_abs_diff'
 
     @property
     def passed(self) -> bool:
@@ -146,6 +159,68 @@ def run_parity(fixture: str | pathlib.Path) -> ParityReport:
     return ParityReport(fixture=fixture, layout=info.layout, checks=tuple(checks))
 
 
+def fixture_key(name: str, layout: str) -> str:
+    """Return the key of parameter ``name`` in a fixture's files (as ``save_pi0`` writes it)."""
+    key = openpi_key(name)
+    if layout != LAYOUT_LEROBOT:
+        return key
+    if name == EMBED_KEY:  # the lerobot layout keeps the token embedding under its own name
+        key = PREFIX_MAP[2][0] + name[len(PREFIX_MAP[2][1]):]
+    return LEROBOT_PREFIX + key
+
+
+def run_grad_parity(fixture: str | pathlib.Path) -> tuple[ParityCheck, ...]:
+    """
+    Check the mean training loss and its gradient wrt every parameter against the fixture.
+
+    Args:
+        fixture: A fixture directory holding ``grads.safetensors``.
+
+    Returns:
+        The 'loss_mean' check (absolute) and the 'grads' check (worst per-tensor ratio of
+        ``|g - g_ref|`` to ``grad_rel |g_ref| + grad_abs``, which must be <= 1).
+
+    Raises:
+        ValueError: If the fixture lacks the gradient file, tolerances or tensors.
+    """
+    fixture = pathlib.Path(fixture)
+    data = read_fixture_config(fixture)
+    tol = data['tolerances']
+    missing = [k for k in ('loss_mean_abs', 'grad_rel', 'grad_abs') if k not in tol]
+    if missing:
+        raise ValueError(f'{fixture}/config.json tolerances lack {missing} for the gradients.')
+    model, _, info = load_pi0(fixture, device='cpu', dtype=torch.float32)
+    try:
+        io = load_file(str(fixture / IO_FILE))
+        ref = load_file(str(fixture / GRADS_FILE))
+        images = torch.stack([io[f'image_{i}'] for i in range(data['num_cameras'])], 1)
+        model.requires_grad_(True)
+        loss = model.compute_loss(images, io['image_mask'].bool(), io['lang_tokens'],
+                                  io['lang_mask'].bool(), io['state'], io['train_actions'],
+                                  noise=io['train_noise'], time=io['train_time']).mean()
+        loss_ref = float(io['loss_mean'])
+    except (OSError, RuntimeError) as e:
+        raise ValueError(f'Cannot read {fixture} gradients: {e}') from e
+    except KeyError as e:
+        raise ValueError(f'{fixture / IO_FILE} lacks tensor {e}.') from e
+    loss.backward()
+    grads = {fixture_key(n, info.layout): p.grad for n, p in model.named_parameters()}
+    unknown = sorted(set(ref) - set(grads))
+    if unknown:
+        raise ValueError(f'{fixture / GRADS_FILE} has gradients of unknown parameters '
+                         f'{unknown[:3]}; expected keys of {fixture / "model.safetensors"}.')
+    worst = 0.0
+    for key, want in ref.items():
+        got = grads[key] if grads[key] is not None else torch.zeros_like(want)  # no grad = 0
+        if got.shape != want.shape:
+            worst = math.inf
+            break
+        bound = float(tol['grad_rel']) * want.norm().item() + float(tol['grad_abs'])
+        worst = max(worst, (got - want).norm().item() / bound)
+    return (ParityCheck(LOSS_MEAN_CHECK, abs(loss.item() - loss_ref), float(tol['loss_mean_abs'])),
+            ParityCheck(GRADS_CHECK, worst, GRAD_RATIO_LIMIT, metric='err/bound'))
+
+
 def parity_main(fixtures: Sequence[str]) -> int:
     """Run and print the parity checks of every fixture; return the exit status."""
     status = EXIT_OK
@@ -153,17 +228,21 @@ def parity_main(fixtures: Sequence[str]) -> int:
         print(f'== {fixture}')
         try:
             report = run_parity(fixture)
+            checks = report.checks
+            if (pathlib.Path(fixture) / GRADS_FILE).is_file():
+                checks += run_grad_parity(fixture)
         except ValueError as e:
             print(f'ERROR: {e}')
             status = max(status, EXIT_BAD_FIXTURE)
             continue
         print(f'   layout: {report.layout}')
-        for c in report.checks:
+        for c in checks:
             verdict = 'PASS' if c.passed else 'FAIL'
-            print(f'   {c.name:<16} max_abs_diff={c.max_abs_diff:.3e}  '
+            print(f'   {c.name:<16} {c.metric}={c.max_abs_diff:.3e}  '
                   f'tol={c.tolerance:.1e}  {verdict}')
-        print(f'   => {"PASS" if report.passed else "FAIL"}')
-        if not report.passed:
+        passed = all(c.passed for c in checks)
+        print(f'   => {"PASS" if passed else "FAIL"}')
+        if not passed:
             status = max(status, EXIT_MISMATCH)
     return status
 
@@ -176,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     par = sub.add_parser('parity', help='check against parity fixtures')
     par.add_argument('fixtures', nargs='+', metavar='FIXTURE_DIR')
     benchmark.add_arguments(sub.add_parser('benchmark', help='latency and memory benchmark'))
+    from pi0_policy.data import rosbag
+    from pi0_policy.training import train
+    train.add_arguments(sub.add_parser('train', help='fine-tune or train pi0 on LeRobot datasets'))
+    rosbag.add_arguments(sub.add_parser('bag2dataset',
+                                        help='convert rosbag2 recordings to a LeRobot dataset'))
     return parser
 
 
@@ -192,6 +276,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == 'parity':
         return parity_main(args.fixtures)
+    if args.command == 'train':
+        from pi0_policy.training import train
+        return train.main_from_args(args)
+    if args.command == 'bag2dataset':
+        from pi0_policy.data import rosbag
+        return rosbag.main_from_args(args)
     from pi0_policy import benchmark
     return benchmark.main_from_args(args)
 
