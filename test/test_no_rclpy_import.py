@@ -1,4 +1,4 @@
-"""HS-1: model, runtime, sim and embodiment_adapters never import rclpy (or the ROS layer)."""
+"""HS-1: model, engine, runtime, sim and embodiment_adapters never import rclpy (or ROS code)."""
 
 import pathlib
 import subprocess
@@ -6,8 +6,8 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SRC = ROOT / 'src'
-PURE_PACKAGES = ['pi0_policy.model', 'pi0_policy.runtime', 'pi0_policy.sim', 'pi0_policy.data',
-                 'pi0_policy.training', 'embodiment_adapters']
+PURE_PACKAGES = ['pi0_policy.model', 'pi0_policy.engine', 'pi0_policy.runtime', 'pi0_policy.sim',
+                 'pi0_policy.data', 'pi0_policy.training', 'embodiment_adapters']
 
 # Runs in a fresh interpreter where `import rclpy` (and the message packages) raise ImportError.
 _PROBE = r"""

@@ -2,9 +2,11 @@
 Latency and memory benchmark of π0 (``pi0-policy benchmark``).
 
 Builds the tiny or the full architecture with random weights (or loads ``--checkpoint``), then
-times, after ``--warmup`` untimed calls, the median over ``--repeats`` of: vision + prefix
-embeddings, the prefix forward (KV cache), one denoising step (from a prepared per-observation
-context, as inside ``sample_actions``), and a whole ``sample_actions`` call. Every stage is printed
+times the inference engine (``pi0_policy.engine``) after ``--warmup`` untimed calls, the median
+over ``--repeats`` of: vision + prefix embeddings, the prefix forward (KV cache), one denoising
+step (from a prepared per-observation context, as inside ``sample_actions``), a whole
+``sample_actions`` call and, with ``--rtc``, a whole RTC-guided ``sample_actions`` call (one
+backward pass through the action expert per step). Every stage is printed
 (and flushed) as soon as it is measured, so a slow machine still reports partial numbers.
 
 Defaults depend on the size: tiny runs 1 warm-up and 20 repeats; full runs no warm-up and 1 repeat
@@ -14,7 +16,7 @@ Defaults depend on the size: tiny runs 1 warm-up and 20 repeats; full runs no wa
 Memory: on the CPU the process's peak RSS (``resource``) and the resident set after loading (after
 returning the construction's freed heap to the OS); on a GPU ``torch.cuda.max_memory_allocated``.
 The header prints the CPU capability and the compute policy (storage vs compute dtype; see
-``pi0_policy.model.compute``).
+``pi0_policy.engine.compute``).
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ import sys
 import time
 from typing import TextIO
 
+from pi0_policy.engine.compute import COMPUTE_POLICIES, describe_compute, POLICY_AUTO
+from pi0_policy.engine.engine import Pi0Engine
 from pi0_policy.model.checkpoint import load_pi0
-from pi0_policy.model.compute import COMPUTE_POLICIES, describe_compute, POLICY_AUTO
 from pi0_policy.model.config import Pi0Config
-from pi0_policy.model.pi0 import build_empty, init_random, Pi0Model
+from pi0_policy.model.pi0 import build_empty, init_random
+from pi0_policy.model.rtc import ChunkPrior
 import torch
 
 ARCHS = {'tiny': Pi0Config.tiny, 'full': Pi0Config.full}
@@ -54,6 +58,11 @@ MS_PER_S = 1e3
 STATM_PATH = '/proc/self/statm'
 LIBC_NAME = 'c'
 STAGES = ('vision', 'prefix', 'step', 'total')
+# Extra stage with --rtc: a guided sample_actions call.
+RTC_STAGE = 'rtc_total'
+# RTC benchmark setting: delay d and execution horizon s as fractions of the horizon H.
+RTC_DELAY_FRACTION = 0.2
+RTC_EXECUTE_FRACTION = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +87,8 @@ class BenchmarkResult:
     loaded_bytes: int = 0
     # Storage/compute dtype and CPU capability line.
     compute: str = ''
+    # Median time of one RTC-guided sample_actions call (0 without --rtc).
+    rtc_total_s: float = 0.0
 
 
 def _sync(device: torch.device) -> None:
@@ -153,7 +164,7 @@ def make_inputs(config: Pi0Config, cameras: int, device: torch.device,
 def run_benchmark(arch: str = 'tiny', cameras: int = 1, dtype: str = 'bfloat16',
                   device: str = 'cpu', steps: int = DEFAULT_STEPS, repeats: int | None = None,
                   checkpoint: str | None = None, compile_step: bool = False, *,
-                  warmup: int | None = None, policy: str = POLICY_AUTO,
+                  warmup: int | None = None, policy: str = POLICY_AUTO, rtc: bool = False,
                   log: TextIO | None = None) -> BenchmarkResult:
     """
     Build or load the model and measure it.
@@ -169,6 +180,7 @@ def run_benchmark(arch: str = 'tiny', cameras: int = 1, dtype: str = 'bfloat16',
         compile_step: Compile the denoising step with torch.compile.
         warmup: Untimed passes first (default per arch: ``DEFAULT_WARMUP``).
         policy: Compute policy ('auto', 'storage', 'float32').
+        rtc: Also time an RTC-guided sample_actions call.
         log: Stream for progress lines as each stage finishes (None: silent).
 
     Returns:
@@ -203,7 +215,8 @@ def run_benchmark(arch: str = 'tiny', cameras: int = 1, dtype: str = 'bfloat16',
         init = 'random (tiled, benchmark-only)' if tiled else 'random'
         load_s, model = _timed(lambda: init_random(
             build_empty(config, device=dev, dtype=DTYPES[dtype]), tiled=tiled), dev)
-    model.set_compute_policy(policy)
+    engine = Pi0Engine(model, policy=policy, compile=compile_step)
+    engine.prepare()
     release_free_memory()
     loaded = current_memory_bytes(dev)
     num_params = sum(p.numel() for p in model.parameters())
@@ -211,12 +224,13 @@ def run_benchmark(arch: str = 'tiny', cameras: int = 1, dtype: str = 'bfloat16',
     say(f'  construction + load   {load_s:.2f} s')
     say(f'  resident after load   {loaded / BYTES_PER_GB:.2f} GB')
     inputs = make_inputs(config, cameras, dev)
-    times: dict[str, list[float]] = {k: [] for k in STAGES}
+    stages = STAGES + ((RTC_STAGE,) if rtc else ())
+    times: dict[str, list[float]] = {k: [] for k in stages}
     with torch.inference_mode():
         for rep in range(warmup + repeats):
             record = rep >= warmup
             tag = f'[{"run " + str(rep - warmup + 1) if record else "warm-up"}]'
-            for name, seconds in _one_pass(model, inputs, steps, compile_step, dev):
+            for name, seconds in _one_pass(engine, inputs, steps, dev, rtc):
                 times[name] += [seconds] * record
                 say(f'  {tag:<9} {name:<11} {seconds * MS_PER_S:.1f} ms')
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -224,30 +238,38 @@ def run_benchmark(arch: str = 'tiny', cameras: int = 1, dtype: str = 'bfloat16',
                            step_s=med['step'], total_s=med['total'],
                            peak_bytes=peak_memory_bytes(dev), num_params=num_params,
                            loaded_bytes=loaded,
-                           compute=describe_compute(DTYPES[dtype], dev, policy))
+                           compute=describe_compute(DTYPES[dtype], dev, policy),
+                           rtc_total_s=med.get(RTC_STAGE, 0.0))
 
 
-def _one_pass(model: Pi0Model, inputs: dict[str, torch.Tensor], steps: int, compile_step: bool,
-              dev: torch.device) -> Iterator[tuple[str, float]]:
-    """Yield (stage, seconds) for vision, prefix, one step and a whole sample_actions."""
+def _one_pass(engine: Pi0Engine, inputs: dict[str, torch.Tensor], steps: int,
+              dev: torch.device, rtc: bool) -> Iterator[tuple[str, float]]:
+    """Yield (stage, seconds) for vision, prefix, one step, sample_actions (and RTC)."""
     images, masks = inputs['images'], inputs['image_masks']
     tokens, token_masks = inputs['tokens'], inputs['token_masks']
-    t, prefix = _timed(functools.partial(model.embed_prefix, images, masks, tokens, token_masks),
-                       dev)
+    t, prefix = _timed(functools.partial(engine.embed_prefix, images, masks, tokens,
+                                         token_masks), dev)
     yield 'vision', t
-    t, cache = _timed(functools.partial(model.run_prefix, *prefix), dev)
+    t, cache = _timed(functools.partial(engine.run_prefix, *prefix), dev)
     yield 'prefix', t
-    ctx = model.prepare_denoise(cache, inputs['state'])
+    ctx = engine.prepare_denoise(cache, inputs['state'])
     del prefix, cache  # drop this pass's activations before the next measurements
-    time_emb = model.time_embeddings(torch.ones(1, device=dev))
-    step = model._step_fn(compile_step)
-    t, _ = _timed(functools.partial(step, ctx, inputs['noise'], time_emb), dev)
+    time_emb = engine.time_embeddings(torch.ones(1, device=dev))
+    t, _ = _timed(functools.partial(engine._step, ctx, inputs['noise'], time_emb), dev)
     del ctx
     yield 'step', t
-    t, _ = _timed(functools.partial(
-        model.sample_actions, images, masks, tokens, token_masks, inputs['state'],
-        noise=inputs['noise'], num_steps=steps, compile=compile_step), dev)
+    sample = functools.partial(engine.sample_actions, images, masks, tokens, token_masks,
+                               inputs['state'], noise=inputs['noise'], num_steps=steps)
+    t, chunk = _timed(sample, dev)
     yield 'total', t
+    if rtc:
+        horizon = engine.config.action_horizon
+        execute = int(RTC_EXECUTE_FRACTION * horizon)
+        prior = ChunkPrior.from_leftover(chunk[:, execute:],
+                                         delay=int(RTC_DELAY_FRACTION * horizon),
+                                         horizon=horizon)
+        t, _ = _timed(functools.partial(sample, prior=prior), dev)
+        yield RTC_STAGE, t
 
 
 def format_result(result: BenchmarkResult, args: argparse.Namespace) -> str:
@@ -263,6 +285,8 @@ def format_result(result: BenchmarkResult, args: argparse.Namespace) -> str:
         f'  prefix forward        {result.prefix_s * MS_PER_S:.1f} ms',
         f'  one denoising step    {result.step_s * MS_PER_S:.1f} ms',
         f'  sample_actions total  {result.total_s * MS_PER_S:.1f} ms',
+        *([f'  RTC-guided total      {result.rtc_total_s * MS_PER_S:.1f} ms '
+           f'({result.rtc_total_s / result.total_s:.2f}x)'] if result.rtc_total_s else []),
         f'  resident after load   {result.loaded_bytes / BYTES_PER_GB:.2f} GB',
         f'  peak memory           {result.peak_bytes / BYTES_PER_GB:.2f} GB',
     ])
@@ -286,6 +310,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--checkpoint', default=None, help='checkpoint dir instead of random')
     parser.add_argument('--compile', action='store_true', help='torch.compile the step')
     parser.add_argument('--threads', type=int, default=None, help='torch intra-op threads')
+    parser.add_argument('--rtc', action='store_true',
+                        help='also time RTC-guided sampling (one backward pass per step)')
 
 
 def main_from_args(args: argparse.Namespace) -> int:
@@ -298,6 +324,6 @@ def main_from_args(args: argparse.Namespace) -> int:
           flush=True)
     result = run_benchmark(args.arch, args.cameras, args.dtype, args.device, args.steps,
                            args.repeats, args.checkpoint, args.compile, warmup=args.warmup,
-                           policy=args.policy, log=sys.stdout)
+                           policy=args.policy, rtc=args.rtc, log=sys.stdout)
     print(format_result(result, args), flush=True)
     return 0

@@ -7,12 +7,11 @@ only as ``paligemma_with_expert.paligemma.lm_head.weight``), ``<dir>/config.json
 ``<dir>/assets/<asset_id>/norm_stats.json``. LeRobot layout: the same keys prefixed with ``model.``
 (both ``embed_tokens`` and ``lm_head`` present). The layout is detected from the key names.
 
-The module is built on the meta device, then allocated (uninitialised, with the fused q/k/v and
-gate/up storage of ``Pi0Model.fuse_weights``) on the target device, and every tensor is copied in
-from the file in row chunks of at most ``LOAD_CHUNK_ELEMENTS`` (``safe_open`` slices), cast to its
-policy dtype on the way, so two copies of the model never exist and the transient memory is one
-chunk. The unused LM heads are skipped without being read. Only safetensors are read; never
-pickle.
+The module is built on the meta device, then allocated (uninitialised) on the target device, and
+every tensor is copied in from the file in row chunks of at most ``LOAD_CHUNK_ELEMENTS``
+(``safe_open`` slices), cast to its policy dtype on the way, so two copies of the model never
+exist and the transient memory is one chunk. The unused LM heads are skipped without being read.
+Only safetensors are read; never pickle.
 """
 
 from __future__ import annotations
@@ -23,7 +22,8 @@ import pathlib
 import re
 from typing import Any
 
-from pi0_policy.model.config import FIXTURE_FORMAT, GemmaConfig, Pi0Config, SiglipConfig
+from pi0_policy.model.config import DELAY_CONDITIONED_KEY, FIXTURE_FORMAT, GemmaConfig
+from pi0_policy.model.config import Pi0Config, SiglipConfig
 from pi0_policy.model.pi0 import check_dtype, Pi0Model
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -235,7 +235,6 @@ def load_pi0(path: str | pathlib.Path, device: torch.device | str = 'cpu',
                     f'{by_name[name]} has shape {shapes[name]} but the architecture '
                     f'({source}) expects {tuple(param.shape)}; fix config.json or pass config.')
         model = model.to_empty(device=device).requires_grad_(False)
-        model.fuse_weights(copy=False)
         with torch.no_grad():
             for name, param in model.named_parameters():
                 _read_into(f, by_name[name], param)
@@ -295,7 +294,8 @@ def _config_from_variants(data: dict[str, Any], shapes: dict[str, tuple[int, ...
         action_dim=action_dim,
         state_dim=data.get('max_state_dim', inferred.state_dim),
         action_horizon=data.get('chunk_size', data.get('action_horizon', 50)),
-        max_token_len=data.get('tokenizer_max_length', data.get('max_token_len', 48)))
+        max_token_len=data.get('tokenizer_max_length', data.get('max_token_len', 48)),
+        delay_conditioned=data.get(DELAY_CONDITIONED_KEY, False))
 
 
 def config_from_shapes(shapes: dict[str, tuple[int, ...]]) -> Pi0Config:

@@ -24,6 +24,8 @@ ROPE_BASE = 10000.0
 # Sinusoidal flow-time embedding periods.
 TIME_MIN_PERIOD = 4e-3
 TIME_MAX_PERIOD = 4.0
+# config.json flag of a checkpoint trained with training-time RTC (Pi0Config.delay_conditioned).
+DELAY_CONDITIONED_KEY = 'delay_conditioned'
 
 
 def _check_positive(owner: str, **values: int) -> None:
@@ -167,12 +169,20 @@ class Pi0Config:
     max_token_len: int = 48
     # Number of camera slots C the pipeline feeds (the model itself accepts any count).
     num_cameras: int = 3
+    # Trained with delay conditioning (training-time RTC): sampling with a previous chunk
+    # hard-inpaints its first d actions instead of guiding (config.json key
+    # ``DELAY_CONDITIONED_KEY``).
+    delay_conditioned: bool = False
 
     def __post_init__(self) -> None:
         """Validate the cross-expert constraints of the shared attention."""
         _check_positive('Pi0Config', action_dim=self.action_dim, state_dim=self.state_dim,
                         action_horizon=self.action_horizon, max_token_len=self.max_token_len,
                         num_cameras=self.num_cameras)
+        if not isinstance(self.delay_conditioned, bool):
+            raise ValueError(
+                f'Pi0Config.{DELAY_CONDITIONED_KEY} must be true or false, got '
+                f'{self.delay_conditioned!r}.')
         for field in ('depth', 'num_heads', 'num_kv_heads', 'head_dim'):
             a, b = getattr(self.vlm, field), getattr(self.expert, field)
             if a != b:
@@ -237,7 +247,7 @@ class Pi0Config:
                 f'Architecture dict lacks section or field {e}; expected sections vlm, expert, '
                 'vision with the fields of GemmaConfig / SiglipConfig.') from e
         top = {k: data[k] for k in ('action_dim', 'state_dim', 'action_horizon', 'max_token_len',
-                                    'num_cameras') if k in data}
+                                    'num_cameras', DELAY_CONDITIONED_KEY) if k in data}
         return cls(vlm=vlm, expert=expert, vision=vision, **top)
 
     @classmethod

@@ -78,22 +78,24 @@ def sample_time(batch: int, *, generator: torch.Generator | None = None,
 
 def as_time(time: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
     """
-    Return flow times as a (B,) float32 tensor on the device of ``like``.
+    Return flow times as a (B,) or (B, H) float32 tensor on the device of ``like``.
 
     Args:
-        time: A scalar or (B,) flow times.
-        like: (B, ...) tensor giving B and the device.
+        time: A scalar, (B,) flow times, or (B, H) per action (training-time RTC).
+        like: (B, H, ...) tensor giving B, H and the device.
 
     Returns:
-        (B,) float32.
+        (B,) or (B, H) float32.
 
     Raises:
-        ValueError: If ``time`` is neither a scalar nor (B,).
+        ValueError: If ``time`` is neither a scalar, (B,) nor (B, H).
     """
-    b = like.shape[0]
+    b, h = like.shape[:2]
     time = torch.as_tensor(time, dtype=torch.float32, device=like.device)
     if time.dim() == 0:
         time = time.expand(b)
-    if tuple(time.shape) != (b,):
-        raise ValueError(f'time must be a scalar or (B,) = ({b},), got {tuple(time.shape)}.')
+    if tuple(time.shape) not in ((b,), (b, h)):
+        raise ValueError(
+            f'time must be a scalar, (B,) = ({b},) or (B, H) = ({b}, {h}), got '
+            f'{tuple(time.shape)}.')
     return time

@@ -8,11 +8,8 @@ query heads of one key/value head folded into the query length, so multi-query a
 attention are one batched matmul without repeating K/V. The folded query rows are ordered
 (token, head) so that with one key/value head (π0) folding and unfolding are free views.
 
-Two paths run the same math: ``joint_forward`` (any set of experts, autograd; the training loss)
-and ``stack_forward`` (one expert, inference only), which uses the fused q/k/v and gate/up
-weights (``pi0_policy.model.compute.fuse_rows``), precomputed norm scales and RoPE tables, and
-rotates queries and keys in one pass. Both give bit-identical float32 results, except that long
-inputs run the inference MLP in token blocks (``MLP_BLOCK_ELEMENTS``), which may round differently.
+``joint_forward`` is the one forward path of the model (training loss, prefix cache, denoising
+steps, RTC guidance); it is differentiable. Fast inference lives in ``pi0_policy.engine``.
 
 Shape letters: B batch, T query tokens, S key tokens, D width, N query heads, K key/value heads,
 G = N / K query heads per key/value head, E head_dim.
@@ -22,10 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 import math
-from typing import NamedTuple
 
-from pi0_policy.model.compute import fuse_rows, Linear, linear
 from pi0_policy.model.config import GemmaConfig, NORM_EPS, ROPE_BASE
+from pi0_policy.model.layers import Linear
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -33,12 +29,6 @@ import torch.nn.functional as F
 # Additive value of masked attention logits (finite, as in the peers, so that a fully masked
 # query row becomes a uniform distribution instead of NaN).
 BIG_NEG = -2.3819763e38
-
-# Rows of the fused gate/up output whose length is a multiple of this go through the vectorised
-# GELU without a per-row scalar tail (2 vectors of 16 floats per iteration with AVX-512).
-GELU_ROW_ALIGN = 64
-# Largest (tokens x 2 * mlp_dim) gate/up activation computed at once by the inference MLP.
-MLP_BLOCK_ELEMENTS = 1 << 21
 
 # One (k, v) pair per layer, each (B, K, S, E), post-RoPE.
 KVCache = tuple[tuple[torch.Tensor, torch.Tensor], ...]
@@ -52,27 +42,10 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.zeros(dim))
-        self._scale: torch.Tensor | None = None
-        self._scale_key: tuple[int, int, torch.device] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise the last axis; the result has the dtype of ``x``."""
         return rms_norm(x, 1.0 + self.weight.float(), self.eps)
-
-    def scale(self) -> torch.Tensor:
-        """
-        Return the float32 ``1 + w`` (cached while the weight is unchanged; for inference).
-
-        Returns:
-            (D,) float32, a normal tensor even when built inside ``torch.inference_mode``.
-        """
-        w = self.weight
-        key = (w.data_ptr(), w._version, w.device)
-        if self._scale is None or key != self._scale_key:
-            with torch.inference_mode(False), torch.no_grad():
-                self._scale = 1.0 + w.detach().float()
-            self._scale_key = key
-        return self._scale
 
 
 def rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
@@ -102,13 +75,6 @@ class GemmaAttention(nn.Module):
         self.k_proj = Linear(cfg.width, cfg.num_kv_heads * cfg.head_dim, bias=False)
         self.v_proj = Linear(cfg.width, cfg.num_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = Linear(cfg.num_heads * cfg.head_dim, cfg.width, bias=False)
-        self._qkv: torch.Tensor | None = None
-
-    def fused_qkv(self, copy: bool = True) -> torch.Tensor | None:
-        """Return the ((N + 2K) * E, D) fused q/k/v weight (see ``fuse_rows``)."""
-        self._qkv = fuse_rows((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight),
-                              self._qkv, copy=copy)
-        return self._qkv
 
 
 class GemmaMLP(nn.Module):
@@ -120,13 +86,6 @@ class GemmaMLP(nn.Module):
         self.gate_proj = Linear(cfg.width, cfg.mlp_dim, bias=False)
         self.up_proj = Linear(cfg.width, cfg.mlp_dim, bias=False)
         self.down_proj = Linear(cfg.mlp_dim, cfg.width, bias=False)
-        self._gate_up: torch.Tensor | None = None
-
-    def fused_gate_up(self, copy: bool = True) -> torch.Tensor | None:
-        """Return the (2 * mlp_dim, D) fused gate/up weight (see ``fuse_rows``)."""
-        self._gate_up = fuse_rows((self.gate_proj.weight, self.up_proj.weight), self._gate_up,
-                                  copy=copy)
-        return self._gate_up
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the MLP to (..., D)."""
@@ -155,14 +114,6 @@ class GemmaStack(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.width) if cfg.vocab_size else None
         self.layers = nn.ModuleList(GemmaLayer(cfg) for _ in range(cfg.depth))
         self.norm = RMSNorm(cfg.width)
-
-    def fuse_weights(self, copy: bool = True) -> bool:
-        """Fuse q/k/v and gate/up of every layer; return whether all could be fused."""
-        ok = True
-        for layer in self.layers:
-            ok &= layer.self_attn.fused_qkv(copy) is not None
-            ok &= layer.mlp.fused_gate_up(copy) is not None
-        return ok
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """
@@ -237,48 +188,8 @@ def prefix_lm_allowed(ar: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (c[:, None, :] <= c[:, :, None]) & valid[:, :, None] & valid[:, None, :]
 
 
-def rope_tables(positions: torch.Tensor, head_dim: int,
-                base: float = ROPE_BASE) -> tuple[torch.Tensor, torch.Tensor]:
-    """
-    Return the RoPE tables of ``apply_rope_fast``: cos and the sign-folded sin.
-
-    Args:
-        positions: (B, T) integer positions.
-        head_dim: E.
-        base: RoPE max wavelength.
-
-    Returns:
-        cos and ``[-sin_first_half | sin_second_half]``, each (B, T, 1, E) float32.
-    """
-    cos, sin = rope_cos_sin(positions, head_dim, base)
-    half = head_dim // 2
-    signed = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
-    return cos[:, :, None], signed[:, :, None]
-
-
-def apply_rope_fast(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """
-    Rotate (B, T, H, E) like ``apply_rope`` (bit-identical) with tables from ``rope_tables``.
-
-    ``-x2 * sin == x2 * (-sin)`` exactly, so the sign lives in the table and the rotation is one
-    half swap, two products and a sum.
-
-    Args:
-        x: (B, T, H, E) queries and/or keys (may be a strided view).
-        cos: (B, T, 1, E) float32.
-        signed_sin: (B, T, 1, E) float32.
-
-    Returns:
-        (B, T, H, E) contiguous, in the dtype of ``x``.
-    """
-    xf = x.float()
-    half = xf.shape[-1] // 2
-    swapped = torch.cat([xf[..., half:], xf[..., :half]], dim=-1)
-    return (xf * cos + swapped * signed_sin).to(x.dtype)
-
-
-def _folded_bias(allowed: torch.Tensor | None, groups: int,
-                 dtype: torch.dtype) -> torch.Tensor | None:
+def folded_bias(allowed: torch.Tensor | None, groups: int,
+                dtype: torch.dtype) -> torch.Tensor | None:
     """Turn (B, T, S) bool into the additive (B, 1, T*G, S) mask of the folded layout."""
     if allowed is None:
         return None
@@ -288,8 +199,8 @@ def _folded_bias(allowed: torch.Tensor | None, groups: int,
     return bias[:, None, :, None].expand(b, 1, t, groups, s).reshape(b, 1, t * groups, s)
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
-            cfg: GemmaConfig) -> torch.Tensor:
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+           cfg: GemmaConfig) -> torch.Tensor:
     """
     Attend (B, T, N, E) queries to (B, K, S, E) keys/values; returns (B, T, N*E).
 
@@ -302,191 +213,6 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tenso
     qf = q.reshape(b, t, kh, g, e).transpose(1, 2).reshape(b, kh, t * g, e)
     out = F.scaled_dot_product_attention(qf, k, v, attn_mask=bias, scale=e ** -0.5)
     return out.view(b, kh, t, g, e).transpose(1, 2).reshape(b, t, n * e)
-
-
-class LayerWeights(NamedTuple):
-    """The tensors of one Gemma layer used by ``stack_forward`` (inference)."""
-
-    # (D,) float32 ``1 + w`` of the input RMSNorm.
-    in_scale: torch.Tensor
-    # ((N + 2K) * E, D) fused q/k/v projection.
-    qkv: torch.Tensor
-    # (D, N * E) output projection.
-    o: torch.Tensor
-    # (D,) float32 ``1 + w`` of the post-attention RMSNorm.
-    post_scale: torch.Tensor
-    # (2 * mlp_dim, D) fused gate/up projection.
-    gate_up: torch.Tensor
-    # (D, mlp_dim) down projection.
-    down: torch.Tensor
-
-
-def prepare_layers(stack: GemmaStack) -> tuple[LayerWeights, ...] | None:
-    """
-    Collect (fusing if needed) the inference tensors of every layer of an expert.
-
-    Args:
-        stack: The expert.
-
-    Returns:
-        One ``LayerWeights`` per layer, or None if the weights cannot be fused (meta tensors,
-        mixed dtypes); callers then use ``joint_forward``.
-    """
-    out = []
-    for layer in stack.layers:
-        qkv = layer.self_attn.fused_qkv()
-        gate_up = layer.mlp.fused_gate_up()
-        if qkv is None or gate_up is None:
-            return None
-        out.append(LayerWeights(layer.input_layernorm.scale(), qkv,
-                                layer.self_attn.o_proj.weight,
-                                layer.post_attention_layernorm.scale(), gate_up,
-                                layer.mlp.down_proj.weight))
-    return tuple(out)
-
-
-def kv_scratch(cache: KVCache, extra: int) -> KVCache:
-    """
-    Return per-layer (k, v) buffers holding a copy of ``cache`` plus ``extra`` free positions.
-
-    Args:
-        cache: Per-layer (k, v), each (B, K, S, E); only read.
-        extra: Number of positions to append (the suffix length T).
-
-    Returns:
-        Per-layer (k, v), each (B, K, S + extra, E), for ``stack_forward(scratch=...)``.
-    """
-    out = []
-    for k, v in cache:
-        bufs = []
-        for x in (k, v):
-            b, kh, s, e = x.shape
-            buf = torch.empty(b, kh, s + extra, e, dtype=x.dtype, device=x.device)
-            buf[:, :, :s].copy_(x)
-            bufs.append(buf)
-        out.append((bufs[0], bufs[1]))
-    return tuple(out)
-
-
-def _mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
-    """
-    Apply the GeGLU MLP with fused gate/up weights, in token blocks for long sequences.
-
-    Blocks of at most ``MLP_BLOCK_ELEMENTS`` gate/up outputs bound the transient memory of the
-    (T, 2F) activations (the prefix at full size); short inputs run as one block.
-
-    Args:
-        x: (B, T, D) normed input.
-        gate_up: (2F, D) fused gate/up weight.
-        down: (D, F) down projection.
-
-    Returns:
-        (B, T, D).
-    """
-    b, t, d = x.shape
-    f = gate_up.shape[0] // 2
-    flat = x.reshape(b * t, d)
-    block = max(1, MLP_BLOCK_ELEMENTS // (2 * f))
-    if b * t <= block:
-        return _mlp_rows(flat, gate_up, down, f).view(b, t, -1)
-    out = torch.empty(b * t, down.shape[0], dtype=x.dtype, device=x.device)
-    for start in range(0, b * t, block):
-        out[start:start + block] = _mlp_rows(flat[start:start + block], gate_up, down, f)
-    return out.view(b, t, -1)
-
-
-def _mlp_rows(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, f: int) -> torch.Tensor:
-    """Apply the MLP to (M, D) rows; see ``_mlp``."""
-    both = _mm(x, gate_up)  # (M, 2F)
-    gate = both[:, :f]
-    if f % GELU_ROW_ALIGN:
-        # Vectorised kernels finish each row of a strided view with a scalar tail whose tanh may
-        # differ in the last bit; a contiguous gate keeps the results bit-identical.
-        gate = gate.contiguous()
-    hidden = F.gelu(gate, approximate='tanh')
-    return _mm(hidden.mul_(both[:, f:]), down)
-
-
-def _mm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Return ``x @ weight.T`` for (M, D) ``x`` (upcasting a lower-precision weight)."""
-    if x.dtype != weight.dtype:
-        return linear(x, weight)
-    return torch.mm(x, weight.t())
-
-
-def _project(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Return ``x @ weight.T`` for (B, T, D) ``x`` (F.linear's kernel, less dispatch overhead)."""
-    if x.dtype != weight.dtype:
-        return linear(x, weight)
-    b, t, d = x.shape
-    return torch.mm(x.reshape(b * t, d), weight.t()).view(b, t, -1)
-
-
-def stack_forward(
-    cfg: GemmaConfig,
-    weights: Sequence[LayerWeights],
-    x: torch.Tensor,
-    cos: torch.Tensor,
-    signed_sin: torch.Tensor,
-    bias: torch.Tensor | None,
-    *,
-    cache: KVCache | None = None,
-    scratch: KVCache | None = None,
-    build_cache: bool = False,
-    need_output: bool = True,
-) -> tuple[torch.Tensor | None, KVCache | None]:
-    """
-    Run every layer of one expert (inference fast path, no autograd; no final norm).
-
-    Args:
-        cfg: The expert's config.
-        weights: From ``prepare_layers``.
-        x: (B, T, D) input embeddings in the compute dtype.
-        cos: (B, T, 1, E) and signed_sin (B, T, 1, E) from ``rope_tables``.
-        signed_sin: See ``cos``.
-        bias: (B, 1, T*G, S) additive mask from ``_folded_bias`` (S = cached length + T), or
-            None where everything may be attended.
-        cache: Read-only per-layer (k, v) prepended to the keys; never modified.
-        scratch: Instead of ``cache``: per-layer (k, v) buffers (B, K, S, E) whose first
-            S - T positions already hold the cached keys/values (``kv_scratch``); this call
-            writes its own k/v into the last T positions (no concatenation per call).
-        build_cache: Also return the per-layer (k, v) of these tokens (post-RoPE).
-        need_output: False: stop after the last layer's k/v (prefix cache only).
-
-    Returns:
-        The (B, T, D) hidden states before the final norm (None if not needed) and the new
-        cache (or None).
-    """
-    b, t, _ = x.shape
-    n, kh, e = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    qk_cols = (n + kh) * e
-    new_cache = []
-    for idx, w in enumerate(weights):
-        last = idx == len(weights) - 1
-        qkv = _project(rms_norm(x, w.in_scale), w.qkv)  # (B, T, (N + 2K) * E)
-        v = qkv[..., qk_cols:].view(b, t, kh, e).transpose(1, 2)  # (B, K, T, E)
-        if last and not need_output:
-            k = apply_rope_fast(qkv[..., n * e:qk_cols].view(b, t, kh, e), cos, signed_sin)
-            new_cache.append((k.transpose(1, 2), v.contiguous()))
-            break
-        qk = apply_rope_fast(qkv[..., :qk_cols].view(b, t, n + kh, e), cos, signed_sin)
-        k = qk[:, :, n:].transpose(1, 2)  # (B, K, T, E)
-        if build_cache:
-            # Own copies: views would keep this layer's whole q/k/v activations alive.
-            new_cache.append((k.contiguous(), v.contiguous()))
-        if scratch is not None:
-            k_buf, v_buf = scratch[idx]
-            k_buf[:, :, -t:].copy_(k)
-            v_buf[:, :, -t:].copy_(v)
-            k, v = k_buf, v_buf
-        elif cache is not None:
-            k = torch.cat([cache[idx][0], k], dim=2)
-            v = torch.cat([cache[idx][1], v], dim=2)
-        x = x + _project(_attend(qk[:, :, :n], k, v, bias, cfg), w.o)
-        x = x + _mlp(rms_norm(x, w.post_scale), w.gate_up, w.down)
-    else:
-        return x, (tuple(new_cache) if build_cache else None)
-    return None, tuple(new_cache)
 
 
 def joint_forward(
@@ -524,7 +250,7 @@ def joint_forward(
     dtype = hiddens[active[0]].dtype
     cos, sin = rope_cos_sin(positions, cfg.head_dim)
     groups = cfg.num_heads // cfg.num_kv_heads
-    bias = _folded_bias(allowed, groups, dtype)
+    bias = folded_bias(allowed, groups, dtype)
     h = {i: hiddens[i] for i in active}
     new_cache = []
     for layer_idx in range(cfg.depth):
@@ -561,9 +287,9 @@ def joint_forward(
         else:
             q_cos = torch.cat([cos[:, r] for r in rows], 1)
             q_sin = torch.cat([sin[:, r] for r in rows], 1)
-            q_bias = None if allowed is None else _folded_bias(
+            q_bias = None if allowed is None else folded_bias(
                 torch.cat([allowed[:, r] for r in rows], 1), groups, dtype)
-        out = _attend(apply_rope(q, q_cos, q_sin), k, v, q_bias, cfg)
+        out = attend(apply_rope(q, q_cos, q_sin), k, v, q_bias, cfg)
         offset = 0
         for i in query_experts:
             layer = stacks[i].layers[layer_idx]

@@ -15,14 +15,16 @@ action_time_mlp_in/out, action_out_proj). So the time embedding, the action/time
 velocity and the Euler integration are float32; RoPE rotation is float32 (cast back); attention
 softmax accumulates in float32 inside scaled_dot_product_attention.
 
-Compute policy (``Pi0Model.compute_policy``, see ``pi0_policy.model.compute``): bfloat16 storage
-computes in bfloat16 on CUDA and on CPUs with native bfloat16 (AMX-BF16, AVX512-BF16, aarch64
-BF16), and in float32 on other CPUs (policy 'auto'), where emulated bfloat16 matmuls are several
-times slower than float32; the weights then stay resident in bfloat16 and are upcast per matmul.
+Compute dtype: the matmuls run in ``Pi0Model.compute_dtype`` (by default the storage dtype;
+``set_compute_dtype(torch.float32)`` keeps bfloat16 weights and computes in float32). Choosing it
+per device, and everything else that makes inference fast, is ``pi0_policy.engine``'s business;
+this module is the reference forward path, differentiable end to end (training, RTC guidance).
 
-Inference fast path (prefix K/V cache, per-observation denoise context, fused step):
-``pi0_policy.model.denoise``; flow-time helpers: ``pi0_policy.model.flow``; random
-initialisation: ``pi0_policy.model.init``.
+Sampling may be guided by real-time chunking (``pi0_policy.model.rtc``): soft-masked inpainting
+of the previous chunk's leftover (inference-time RTC) or hard inpainting of the first d actions
+for checkpoints trained with delay conditioning (training-time RTC).
+
+Flow-time helpers: ``pi0_policy.model.flow``; random initialisation: ``pi0_policy.model.init``.
 
 Shape letters: B batch, C cameras, P tokens per camera, L prompt tokens, H horizon, A action dim.
 """
@@ -30,16 +32,16 @@ Shape letters: B batch, C cameras, P tokens per camera, L prompt tokens, H horiz
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import dataclasses
 
-from pi0_policy.model import denoise as fast
-from pi0_policy.model.compute import check_policy, Linear, POLICY_AUTO, resolve_compute_dtype
 from pi0_policy.model.config import Pi0Config
-from pi0_policy.model.denoise import DenoiseContext, drop_invalid_tokens, PrefixCache, suffix_ar
 from pi0_policy.model.flow import as_time, lerobot_time_grid, sample_time, time_embedding
 # Re-exports (moved in the module split; ``from pi0_policy.model.pi0 import ...`` keeps working).
 from pi0_policy.model.flow import openpi_time_grid, TIME_GRID_RULES  # noqa: F401
-from pi0_policy.model.gemma import GemmaStack, joint_forward, prefix_lm_allowed, RMSNorm
+from pi0_policy.model.gemma import GemmaStack, joint_forward, KVCache, prefix_lm_allowed, RMSNorm
 from pi0_policy.model.init import _fill_tiled, init_random, TILED_INIT_BUFFER  # noqa: F401
+from pi0_policy.model.layers import Linear
+from pi0_policy.model.rtc import ChunkPrior, guided_velocity, inpaint, inpainted_times
 from pi0_policy.model.siglip import LayerNorm32, SiglipEmbeddings, SiglipVisionTower
 import torch
 from torch import nn
@@ -49,6 +51,73 @@ import torch.nn.functional as F
 HEAD_LINEARS = ('state_proj', 'action_in_proj', 'action_time_mlp_in', 'action_time_mlp_out',
                 'action_out_proj')
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefixCache:
+    """Per-observation state reused by every denoising step (read-only)."""
+
+    # Per layer (k, v), each (B, K, S, E), post-RoPE.
+    kv: KVCache
+    # (B, S) bool validity of the prefix tokens.
+    valid: torch.Tensor
+
+    def detached(self) -> PrefixCache:
+        """Return a copy usable as a constant inside autograd (no inference tensors)."""
+        with torch.inference_mode(False), torch.no_grad():
+            kv = tuple((k.clone(), v.clone()) for k, v in self.kv)
+            return PrefixCache(kv=kv, valid=self.valid.clone())
+
+
+def suffix_ar(horizon: int, device: torch.device) -> torch.Tensor:
+    """Return the (1 + H,) ar markers of the suffix: 1 state, 1 first action, then 0."""
+    ar = torch.zeros(1 + horizon, dtype=torch.int64, device=device)
+    ar[:2] = 1
+    return ar
+
+
+def suffix_allowed(valid: torch.Tensor, horizon: int) -> torch.Tensor:
+    """
+    Return the (B, 1 + H, S + 1 + H) attention mask of the suffix against a prefix cache.
+
+    Args:
+        valid: (B, S) bool validity of the cached prefix tokens.
+        horizon: H.
+
+    Returns:
+        (B, 1 + H, S + 1 + H) bool.
+    """
+    b, s = valid.shape
+    t_s = 1 + horizon
+    ones = torch.ones(b, t_s, dtype=torch.bool, device=valid.device)
+    return torch.cat([valid[:, None, :].expand(b, t_s, s),
+                      prefix_lm_allowed(suffix_ar(horizon, valid.device), ones)], dim=2)
+
+
+def drop_invalid_tokens(
+        emb: torch.Tensor, valid: torch.Tensor,
+        positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """
+    Remove prefix tokens that are invalid in every batch element.
+
+    Exact: such keys get zero attention weight from every valid query and do not advance the
+    positions (already computed), and outputs of invalid queries are never used. This skips
+    masked cameras and prompt padding.
+
+    Args:
+        emb: (B, S, D) embeddings.
+        valid: (B, S) bool.
+        positions: (B, S') positions, S' >= S (extra trailing columns are kept).
+
+    Returns:
+        The kept embeddings, validity and positions.
+    """
+    keep = valid.any(0)  # (S,)
+    if bool(keep.all()):
+        return emb, valid, positions
+    extra = positions.shape[1] - valid.shape[1]
+    keep_pos = torch.cat([keep, keep.new_ones(extra)])
+    return emb[:, keep], valid[:, keep], positions[:, keep_pos]
 
 
 class Pi0Model(nn.Module):
@@ -68,8 +137,8 @@ class Pi0Model(nn.Module):
         self.action_time_mlp_in = Linear(2 * ex, ex)
         self.action_time_mlp_out = Linear(ex, ex)
         self.action_out_proj = Linear(ex, config.action_dim)
-        self.compute_policy = POLICY_AUTO
-        self._compiled_step = None
+        # None: compute in the storage dtype (see ``set_compute_dtype``).
+        self._compute_dtype: torch.dtype | None = None
 
     # ----------------------------------------------------------------------------- dtype policy
     def float32_param_names(self) -> set[str]:
@@ -106,24 +175,24 @@ class Pi0Model(nn.Module):
                 owner, attr = _owner(self, name)
                 owner._parameters[attr] = nn.Parameter(param.detach().to(target),
                                                        requires_grad=param.requires_grad)
-        self.fuse_weights()
         return self
 
-    def set_compute_policy(self, policy: str) -> Pi0Model:
+    def set_compute_dtype(self, dtype: torch.dtype | None) -> Pi0Model:
         """
-        Choose the compute dtype rule for bfloat16 storage (see ``pi0_policy.model.compute``).
+        Choose the dtype the matmuls run in (None: the storage dtype).
 
         Args:
-            policy: 'auto' (float32 on CPUs without native bfloat16), 'storage' or 'float32'.
+            dtype: torch.float32, torch.bfloat16 or None.
 
         Returns:
             self.
 
         Raises:
-            ValueError: On an unknown policy.
+            ValueError: If the dtype is not supported.
         """
-        check_policy(policy)
-        self.compute_policy = policy
+        if dtype is not None:
+            check_dtype(dtype)
+        self._compute_dtype = dtype
         return self
 
     @property
@@ -133,29 +202,12 @@ class Pi0Model(nn.Module):
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        """Return the dtype of the transformer activations and matmuls (compute policy)."""
-        weight = self.vlm.layers[0].self_attn.q_proj.weight
-        return resolve_compute_dtype(weight.dtype, weight.device, self.compute_policy)
-
-    def fuse_weights(self, copy: bool = True) -> bool:
-        """
-        Store every q/k/v and gate/up group as one tensor (parameters become views of it).
-
-        Idempotent and cheap when already fused; called by ``build_empty``, ``set_dtype`` and
-        the loaders, and re-done automatically by inference after ``Module.to`` and the like.
-
-        Args:
-            copy: Keep the current values (False: only allocate, for uninitialised models).
-
-        Returns:
-            Whether every group could be fused (False on the meta device).
-        """
-        return all([self.vision.fuse_weights(copy), self.vlm.fuse_weights(copy),
-                    self.expert.fuse_weights(copy)])
+        """Return the dtype of the transformer activations and matmuls."""
+        return self.storage_dtype if self._compute_dtype is None else self._compute_dtype
 
     # ------------------------------------------------------------------------------- embeddings
-    def embed_images(self, images: torch.Tensor,
-                     image_masks: torch.Tensor | None = None) -> torch.Tensor:
+    def embed_images(self, images: torch.Tensor, image_masks: torch.Tensor | None = None, *,
+                     dtype: torch.dtype | None = None) -> torch.Tensor:
         """
         Encode camera images with SigLIP and the projector (no scaling).
 
@@ -163,6 +215,7 @@ class Pi0Model(nn.Module):
             images: (B, C, 3, H, W) in [-1, 1].
             image_masks: Optional (B, C) bool; masked images are not encoded (their tokens are
                 zeros, which is exact because masked tokens are never attended to).
+            dtype: Compute dtype (default ``compute_dtype``).
 
         Returns:
             (B, C, P, D_vlm) image tokens in the compute dtype.
@@ -174,7 +227,7 @@ class Pi0Model(nn.Module):
                 'resize with padding to the model image size first.')
         b, c = images.shape[:2]
         flat = images.reshape(b * c, 3, size, size)
-        dtype = self.compute_dtype
+        dtype = self.compute_dtype if dtype is None else dtype
         if image_masks is None or bool(image_masks.all()):
             tokens = self.projector(self.vision(flat, dtype))
         else:
@@ -186,8 +239,8 @@ class Pi0Model(nn.Module):
         return tokens.reshape(b, c, self.config.tokens_per_camera, self.config.vlm.width)
 
     def embed_prefix(self, images: torch.Tensor, image_masks: torch.Tensor,
-                     tokens: torch.Tensor,
-                     token_masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                     tokens: torch.Tensor, token_masks: torch.Tensor, *,
+                     dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Build the prefix: image tokens of every camera, then the scaled prompt embeddings.
 
@@ -196,6 +249,7 @@ class Pi0Model(nn.Module):
             image_masks: (B, C) bool.
             tokens: (B, L) int token ids.
             token_masks: (B, L) bool.
+            dtype: Compute dtype (default ``compute_dtype``).
 
         Returns:
             (B, C*P + L, D_vlm) embeddings and their (B, C*P + L) bool validity.
@@ -203,7 +257,7 @@ class Pi0Model(nn.Module):
         self._check_prefix(images, image_masks, tokens, token_masks)
         b, c = images.shape[:2]
         p = self.config.tokens_per_camera
-        img = self.embed_images(images, image_masks).reshape(b, c * p, -1)
+        img = self.embed_images(images, image_masks, dtype=dtype).reshape(b, c * p, -1)
         img_valid = image_masks.bool()[:, :, None].expand(b, c, p).reshape(b, c * p)
         lang = self.vlm.embed(tokens).to(img.dtype)
         return torch.cat([img, lang], 1), torch.cat([img_valid, token_masks.bool()], 1)
@@ -216,15 +270,18 @@ class Pi0Model(nn.Module):
         Args:
             state: (B, state_dim).
             x_t: (B, H, A) noisy actions.
-            time: (B,) flow times.
+            time: (B,) flow times, or (B, H) per action (training-time RTC).
 
         Returns:
             (B, 1 + H, D_expert) in the compute dtype.
         """
         state_tok = self.state_proj(state.float())[:, None]
-        temb = time_embedding(time, self.config.expert.width)
         act = self.action_in_proj(x_t.float())
-        fused = torch.cat([act, temb[:, None].expand_as(act)], dim=-1)
+        temb = time_embedding(time.reshape(-1), self.config.expert.width)
+        temb = temb.view(*time.shape, -1)
+        if time.dim() == 1:
+            temb = temb[:, None].expand_as(act)
+        fused = torch.cat([act, temb], dim=-1)  # action first, then time
         act = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(fused)))
         return torch.cat([state_tok, act], 1).to(self.compute_dtype)
 
@@ -243,52 +300,38 @@ class Pi0Model(nn.Module):
         Returns:
             The read-only cache for ``denoise_step``.
         """
-        return self.run_prefix(*self.embed_prefix(images, image_masks, tokens, token_masks))
-
-    def run_prefix(self, emb: torch.Tensor, valid: torch.Tensor) -> PrefixCache:
-        """Run the VLM over embedded prefix tokens (B, S, D_vlm), (B, S) and cache the K/V."""
-        return fast.run_prefix(self, emb, valid)
-
-    def prepare_denoise(self, cache: PrefixCache, state: torch.Tensor) -> DenoiseContext:
-        """Compute once per observation what every denoising step shares (see ``denoise``)."""
-        return fast.prepare_denoise(self, cache, state)
-
-    def time_embeddings(self, times: torch.Tensor) -> torch.Tensor:
-        """
-        Embed flow times for ``denoise`` (any leading shape).
-
-        Args:
-            times: (...,) flow times.
-
-        Returns:
-            (..., D_expert) float32.
-        """
-        flat = time_embedding(times.reshape(-1), self.config.expert.width)
-        return flat.reshape(*times.shape, -1)
-
-    def denoise(self, ctx: DenoiseContext, x_t: torch.Tensor,
-                time_emb: torch.Tensor) -> torch.Tensor:
-        """Predict the (B, H, A) float32 velocity at x_t (B, H, A), time_emb (B, D_expert)."""
-        return fast.denoise(self, ctx, x_t, time_emb)
+        emb, valid = self.embed_prefix(images, image_masks, tokens, token_masks)
+        positions = torch.cumsum(valid.to(torch.int64), 1) - 1
+        emb, valid, positions = drop_invalid_tokens(emb, valid, positions)
+        # All prefix tokens attend to each other (ar = 0); only validity restricts them.
+        allowed = prefix_lm_allowed(torch.zeros_like(positions), valid)
+        _, kv = joint_forward([self.vlm, self.expert], [emb, None], positions, allowed,
+                              build_cache=True, need_output=[False, False])
+        return PrefixCache(kv=kv, valid=valid)
 
     def denoise_step(self, cache: PrefixCache, state: torch.Tensor, x_t: torch.Tensor,
                      time: torch.Tensor) -> torch.Tensor:
         """
         Predict the velocity at (x_t, t) with the action expert against the prefix cache.
 
-        Convenience for one step; ``sample_actions`` prepares the context once instead.
+        Differentiable in ``x_t`` (the cache is a constant).
 
         Args:
             cache: From ``build_prefix_cache`` (not modified).
             state: (B, state_dim).
             x_t: (B, H, A).
-            time: (B,) flow times.
+            time: (B,) flow times, or (B, H) per action.
 
         Returns:
             (B, H, A) float32 velocity.
         """
-        ctx = self.prepare_denoise(cache, state)
-        return self.denoise(ctx, x_t, self.time_embeddings(time))
+        horizon = self.config.action_horizon
+        suffix = self.embed_suffix(state, x_t, time)
+        n_valid = cache.valid.sum(1, dtype=torch.int64)  # (B,)
+        positions = n_valid[:, None] + torch.arange(1 + horizon, device=suffix.device)[None]
+        outs, _ = joint_forward([self.vlm, self.expert], [None, suffix], positions,
+                                suffix_allowed(cache.valid, horizon), cache=cache.kv)
+        return self.action_out_proj(outs[1][:, -horizon:].float())
 
     def velocity(self, images: torch.Tensor, image_masks: torch.Tensor, tokens: torch.Tensor,
                  token_masks: torch.Tensor, state: torch.Tensor, x_t: torch.Tensor,
@@ -303,18 +346,16 @@ class Pi0Model(nn.Module):
         Returns:
             (B, H, A) float32.
         """
-        with torch.inference_mode():
-            self._check_suffix(state, x_t, images.shape[0])
-            cache = self.build_prefix_cache(images, image_masks, tokens, token_masks)
-            return self.denoise_step(cache, state, x_t, as_time(time, x_t))
+        self._check_suffix(state, x_t, images.shape[0])
+        cache = self.build_prefix_cache(images, image_masks, tokens, token_masks)
+        return self.denoise_step(cache, state, x_t, as_time(time, x_t))
 
     def sample_actions(self, images: torch.Tensor, image_masks: torch.Tensor,
                        tokens: torch.Tensor, token_masks: torch.Tensor, state: torch.Tensor,
                        noise: torch.Tensor | None = None, num_steps: int = 10,
                        time_grid: Sequence[float] | None = None, *,
                        generator: torch.Generator | None = None,
-                       compile: bool = False,  # noqa: A002
-                       ) -> torch.Tensor:
+                       prior: ChunkPrior | None = None) -> torch.Tensor:
         """
         Sample an action chunk by Euler integration from t = 1 (noise) to t = 0.
 
@@ -329,7 +370,9 @@ class Pi0Model(nn.Module):
             time_grid: Times t_k of the evaluations (length num_steps); default
                 ``lerobot_time_grid(num_steps)``. Every step uses the same dt.
             generator: RNG for the noise.
-            compile: Run the denoising step through ``torch.compile`` (compiled once per model).
+            prior: Real-time chunking: the previous chunk's leftover. Guides every step
+                (``rtc.guided_velocity``), or, for a checkpoint trained with delay conditioning
+                (``config.delay_conditioned``), hard-inpaints its first d actions.
 
         Returns:
             (B, H, A) float32 actions.
@@ -337,33 +380,18 @@ class Pi0Model(nn.Module):
         Raises:
             ValueError: On inconsistent shapes, a bad num_steps or time grid.
         """
-        if not isinstance(num_steps, int) or num_steps <= 0:
-            raise ValueError(f'num_steps must be a positive integer, got {num_steps!r}.')
-        if time_grid is None:
-            grid = lerobot_time_grid(num_steps)
-        else:
-            grid = [float(t) for t in time_grid]
-        if len(grid) != num_steps:
-            raise ValueError(
-                f'time_grid has {len(grid)} entries but num_steps={num_steps}; pass '
-                f'num_steps=len(time_grid).')
+        grid = check_time_grid(num_steps, time_grid)
         b = images.shape[0]
         shape = (b, self.config.action_horizon, self.config.action_dim)
-        with torch.inference_mode():
+        with torch.no_grad():
             if noise is None:
                 noise = torch.randn(shape, generator=generator, dtype=torch.float32,
                                     device=images.device)
             self._check_suffix(state, noise, b)
-            step = self._step_fn(compile)
+            check_prior(prior, shape)
             cache = self.build_prefix_cache(images, image_masks, tokens, token_masks)
-            ctx = self.prepare_denoise(cache, state)
-            times = torch.tensor(grid, dtype=torch.float32, device=noise.device)
-            time_emb = self.time_embeddings(times[:, None].expand(num_steps, b))  # (K, B, D)
-            dt = -1.0 / num_steps
-            x = noise.float()
-            for k in range(num_steps):
-                x = x + dt * step(ctx, x, time_emb[k])
-            return x
+            return euler_sample(self.denoise_step, self.config, cache, state, noise.float(),
+                                grid, prior)
 
     def compute_loss(self, images: torch.Tensor, image_masks: torch.Tensor,
                      tokens: torch.Tensor, token_masks: torch.Tensor, state: torch.Tensor,
@@ -379,7 +407,8 @@ class Pi0Model(nn.Module):
             images, image_masks, tokens, token_masks, state: As in ``sample_actions``.
             actions: (B, H, A) normalised, padded target chunk.
             noise: (B, H, A); drawn N(0, 1) if None.
-            time: (B,) flow times; drawn from Beta(1.5, 1) * 0.999 + 0.001 if None.
+            time: (B,) flow times, or (B, H) per action (training-time RTC); drawn from
+                Beta(1.5, 1) * 0.999 + 0.001 if None.
             generator: RNG for noise and time.
 
         Returns:
@@ -393,7 +422,7 @@ class Pi0Model(nn.Module):
         if time is None:
             time = sample_time(b, generator=generator, device=actions.device)
         time = as_time(time, actions)
-        t = time[:, None, None]
+        t = time.reshape(b, -1, 1)  # (B, 1 or H, 1)
         x_t = t * noise + (1 - t) * actions
         target = noise - actions
         prefix, prefix_valid = self.embed_prefix(images, image_masks, tokens, token_masks)
@@ -413,14 +442,6 @@ class Pi0Model(nn.Module):
         return (v - target.float()) ** 2
 
     # ---------------------------------------------------------------------------------- helpers
-    def _step_fn(self, use_compile: bool) -> Callable[..., torch.Tensor]:
-        """Return the (optionally compiled) denoising step."""
-        if not use_compile:
-            return self.denoise
-        if self._compiled_step is None:
-            self._compiled_step = torch.compile(self.denoise, dynamic=False)
-        return self._compiled_step
-
     def _check_prefix(self, images: torch.Tensor, image_masks: torch.Tensor,
                       tokens: torch.Tensor, token_masks: torch.Tensor) -> None:
         """Raise ValueError on inconsistent prefix input shapes."""
@@ -457,6 +478,78 @@ def check_dtype(dtype: torch.dtype) -> None:
         raise ValueError(f'dtype must be one of {SUPPORTED_DTYPES}, got {dtype}.')
 
 
+def check_time_grid(num_steps: int, time_grid: Sequence[float] | None) -> list[float]:
+    """
+    Return the sampling times (default: ``lerobot_time_grid``), checked against num_steps.
+
+    Raises:
+        ValueError: On a non-positive num_steps or a grid of another length.
+    """
+    if not isinstance(num_steps, int) or num_steps <= 0:
+        raise ValueError(f'num_steps must be a positive integer, got {num_steps!r}.')
+    grid = lerobot_time_grid(num_steps) if time_grid is None else [float(t) for t in time_grid]
+    if len(grid) != num_steps:
+        raise ValueError(
+            f'time_grid has {len(grid)} entries but num_steps={num_steps}; pass '
+            f'num_steps=len(time_grid).')
+    return grid
+
+
+def check_prior(prior: ChunkPrior | None, shape: tuple[int, int, int]) -> None:
+    """Raise ValueError unless the prior's target is (B, H, A) = ``shape`` (or B = 1)."""
+    if prior is None:
+        return
+    got = tuple(prior.target.shape)
+    if got[1:] != shape[1:] or got[0] not in (1, shape[0]):
+        raise ValueError(
+            f'RTC prior target must be (B, H, A) = {shape} in model space (normalised, padded '
+            f'to the action width), got {got}.')
+
+
+def euler_sample(step: Callable[..., torch.Tensor], config: Pi0Config, cache: PrefixCache,
+                 state: torch.Tensor, noise: torch.Tensor, grid: Sequence[float],
+                 prior: ChunkPrior | None = None) -> torch.Tensor:
+    """
+    Integrate ``x <- x + dt * v`` from t = 1 with a denoiser, optionally guided by RTC.
+
+    Args:
+        step: ``step(cache, state, x_t, time) -> velocity`` with time (B,) or (B, H); must be
+            differentiable in x_t when ``prior`` guides (inference-time RTC).
+        config: The model config (horizon, ``delay_conditioned``).
+        cache: The prefix cache passed to ``step``.
+        state: (B, state_dim).
+        noise: (B, H, A) float32 sample at t = 1.
+        grid: Flow times of the steps; ``dt = -1/len(grid)``.
+        prior: None (plain sampling) or the previous chunk's leftover.
+
+    Returns:
+        (B, H, A) float32.
+    """
+    b = noise.shape[0]
+    dt = -1.0 / len(grid)
+    x = noise
+    guided = (prior is not None and not config.delay_conditioned
+              and prior.max_weight > 0 and bool(prior.weights.any()))
+    if guided:  # constants of the vector-Jacobian product (no inference tensors)
+        cache = cache.detached()
+        with torch.inference_mode(False):
+            state = state.clone()
+    for t in grid:
+        if prior is not None and config.delay_conditioned:
+            x = inpaint(x, prior)
+            times = inpainted_times(t, b, config.action_horizon, prior.delay, x.device)
+            v = step(cache, state, x, times)
+        elif guided:
+            times = torch.full((b,), t, dtype=torch.float32, device=x.device)
+            v = guided_velocity(lambda xt: step(cache, state, xt, times), x, t, prior)
+        else:
+            v = step(cache, state, x, torch.full((b,), t, dtype=torch.float32, device=x.device))
+        x = x + dt * v
+    if prior is not None and config.delay_conditioned:
+        x = inpaint(x, prior)
+    return x
+
+
 def build_empty(config: Pi0Config, *, device: torch.device | str = 'cpu',
                 dtype: torch.dtype = torch.float32) -> Pi0Model:
     """
@@ -474,9 +567,7 @@ def build_empty(config: Pi0Config, *, device: torch.device | str = 'cpu',
     with torch.device('meta'):
         model = Pi0Model(config)
     model.set_dtype(dtype)
-    model = model.to_empty(device=device).eval().requires_grad_(False)
-    model.fuse_weights(copy=False)
-    return model
+    return model.to_empty(device=device).eval().requires_grad_(False)
 
 
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:

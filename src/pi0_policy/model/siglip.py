@@ -4,16 +4,15 @@ SigLIP vision tower (ViT without pooling) as used by PaliGemma / π0.
 Pre-LayerNorm blocks with biased multi-head self-attention and a tanh-GELU MLP, a final LayerNorm;
 no mask, no pooling (spec §1.2). The patch convolution and the positional embedding run in float32
 (their parameters stay float32 in every dtype mode); LayerNorm math is float32; the encoder matmuls
-run in the model's compute dtype. Without autograd the q/k/v projections run as one fused matmul
-(``compute.fuse_rows``; bit-identical to three).
+run in the model's compute dtype.
 
 Shape letters: B images, P patches (tokens) per image, W width.
 """
 
 from __future__ import annotations
 
-from pi0_policy.model.compute import fuse_rows, Linear, linear
 from pi0_policy.model.config import NORM_EPS, SiglipConfig
+from pi0_policy.model.layers import Linear
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -56,19 +55,6 @@ class SiglipAttention(nn.Module):
         self.k_proj = Linear(cfg.width, cfg.width)
         self.v_proj = Linear(cfg.width, cfg.width)
         self.out_proj = Linear(cfg.width, cfg.width)
-        self._qkv_weight: torch.Tensor | None = None
-        self._qkv_bias: torch.Tensor | None = None
-
-    def fused_qkv(self, copy: bool = True) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Return the fused (3W, W) q/k/v weight and (3W,) bias, or None (see ``fuse_rows``)."""
-        self._qkv_weight = fuse_rows(
-            (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight), self._qkv_weight,
-            copy=copy)
-        self._qkv_bias = fuse_rows((self.q_proj.bias, self.k_proj.bias, self.v_proj.bias),
-                                   self._qkv_bias, copy=copy)
-        if self._qkv_weight is None or self._qkv_bias is None:
-            return None
-        return self._qkv_weight, self._qkv_bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Attend (B, P, W) -> (B, P, W)."""
@@ -78,11 +64,7 @@ class SiglipAttention(nn.Module):
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.view(b, p, self.num_heads, e).transpose(1, 2)
 
-        fused = None if torch.is_grad_enabled() else self.fused_qkv()
-        if fused is None:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        else:
-            q, k, v = linear(x, *fused).split(w, dim=-1)
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), scale=e ** -0.5)
         return self.out_proj(out.transpose(1, 2).reshape(b, p, w))
 
@@ -137,10 +119,6 @@ class SiglipVisionTower(nn.Module):
         self.embeddings = SiglipEmbeddings(cfg)
         self.encoder = SiglipEncoder(cfg)
         self.post_layernorm = LayerNorm32(cfg.width, eps=NORM_EPS)
-
-    def fuse_weights(self, copy: bool = True) -> bool:
-        """Fuse q/k/v of every layer; return whether all could be fused."""
-        return all(layer.self_attn.fused_qkv(copy) is not None for layer in self.encoder.layers)
 
     def forward(self, pixels: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """

@@ -20,6 +20,7 @@ from typing import Any
 import embodiment_adapters
 from embodiment_adapters import EmbodimentAdapter, unified
 import numpy as np
+from pi0_policy.engine import Pi0Engine
 from pi0_policy.model import checkpoint
 from pi0_policy.model.config import Pi0Config
 from pi0_policy.model.pi0 import build_empty, init_random, Pi0Model
@@ -155,6 +156,8 @@ class Pi0Policy:
         if num_steps <= 0:
             raise ValueError(f'num_steps must be a positive step count, got {num_steps}.')
         self._model: Pi0Model | None = model
+        # Fast inference built from the model (shares its weights).
+        self._engine: Pi0Engine | None = Pi0Engine(model, compile=compile)
         self.config = config
         self.pipeline = pipeline
         self.adapter = pipeline.adapter
@@ -299,10 +302,9 @@ class Pi0Policy:
             batch = self._to_batch(inputs)
             prepared = time.perf_counter()
             with torch.inference_mode():
-                out = self._model.sample_actions(
+                out = self._engine.sample_actions(
                     batch['images'], batch['image_masks'], batch['tokens'], batch['token_masks'],
-                    batch['state'], noise=noise, num_steps=self.num_steps,
-                    compile=self.compile)
+                    batch['state'], noise=noise, num_steps=self.num_steps)
                 if self.device.type == 'cuda':
                     torch.cuda.synchronize(self.device)
             sampled = time.perf_counter()
@@ -346,6 +348,7 @@ class Pi0Policy:
             if self._model is None:
                 return
             self._model = None
+            self._engine = None
         gc.collect()
         if self.device.type == 'cuda' and torch.cuda.is_available():
             torch.cuda.empty_cache()

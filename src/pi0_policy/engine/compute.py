@@ -1,5 +1,5 @@
 """
-Compute policy (the dtype the matmuls run in) and the fused-weight helpers of the fast paths.
+Compute policy of the engine (the dtype the matmuls run in) and its fused-weight helpers.
 
 Storage vs compute dtype: ``Pi0Model.set_dtype(torch.bfloat16)`` stores the transformer weights in
 bfloat16 (half the memory). Whether the matmuls also *run* in bfloat16 is the compute policy:
@@ -16,11 +16,12 @@ upcasts its weight for the duration of the call (``linear``), in row chunks of a
 the transient memory stays a few MB and the allocator is not churned; weights stay resident in
 bfloat16.
 
-Fused weights: the q/k/v projections of an attention layer and the gate/up projections of a Gemma
-MLP are stored as row blocks of one tensor (``fuse_rows``), so inference runs one matmul instead of
-two or three while the parameters (and the checkpoint keys) stay separate. The parameters are views
-of the fused tensor; anything that replaces them (``Module.to``, a new dtype, assigning a new
-Parameter) is detected by ``fuse_rows`` and the fused tensor is rebuilt on the next use.
+Fused weights: the engine stores the q/k/v projections of an attention layer and the gate/up
+projections of a Gemma MLP as row blocks of one tensor (``fuse_rows``), so inference runs one
+matmul instead of two or three. To keep one copy of the weights in memory, the model's parameters
+become views of the fused tensor (same values; the model does not know). Anything that replaces
+them (``Module.to``, a new dtype, assigning a new Parameter) is detected by ``fuse_rows`` and the
+fused tensor is rebuilt on the next use; in-place updates (loading, optimisers) are seen by both.
 """
 
 from __future__ import annotations
@@ -161,14 +162,6 @@ def _upcast(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     view = buf[:n].view(weight.shape)
     view.copy_(weight)
     return view
-
-
-class Linear(torch.nn.Linear):
-    """``nn.Linear`` that computes in the dtype of its input (see ``linear``)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the layer to (..., in)."""
-        return linear(x, self.weight, self.bias)
 
 
 def _is_fused(parts: Sequence[torch.Tensor], base: torch.Tensor) -> bool:
