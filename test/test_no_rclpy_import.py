@@ -1,4 +1,4 @@
-"""HS-1: model, engine, runtime, sim and embodiment_adapters never import rclpy (or ROS code)."""
+"""HS-1: the pure packages (model, engine, runtime, sim, data, ...) never import rclpy or ROS."""
 
 import pathlib
 import subprocess
