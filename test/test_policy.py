@@ -365,13 +365,13 @@ def test_robot_config_asset_id_is_the_default(tmp_path, caplog):
 
 def test_single_asset_of_another_robot_is_not_used_silently(tmp_path):
     root = tmp_path / 'ckpt'
-    write_checkpoint(root, embodiment_adapters.load_adapter('mock'), assets=('droid',))
+    write_checkpoint(root, embodiment_adapters.load_adapter('mock'), assets=('franka',))
     robot = robot_with_asset(tmp_path, 'trossen')
     with pytest.raises(ValueError, match=r"Asset id 'trossen' has no norm_stats.json .*"
-                                         r"available asset ids: \['droid'\]"):
+                                         r"available asset ids: \['franka'\]"):
         pol.Pi0Policy.from_checkpoint(root, robot)
-    policy = pol.Pi0Policy.from_checkpoint(root, robot, asset_id='droid', num_steps=TEST_STEPS)
-    assert policy.norm_stats_asset_id == 'droid'
+    policy = pol.Pi0Policy.from_checkpoint(root, robot, asset_id='franka', num_steps=TEST_STEPS)
+    assert policy.norm_stats_asset_id == 'franka'
 
 
 def test_checkpoint_without_norm_stats_fails_clearly(tmp_path):

@@ -217,7 +217,10 @@ def test_real_checkpoint_without_norm_stats_is_an_error(tmp_path):
     message = str(info.value)
     assert f"Checkpoint '{tmp_path}' has no norm stats" in message
     assert f"under '{tmp_path / 'assets'}'" in message  # where it looked
-    assert 'copy assets/<asset_id>/norm_stats.json of the training run' in message  # what to do
+    assert f"or '{tmp_path.parent / 'assets'}'" in message  # the converter's parent folder too
+    # What to do: the exact file to copy and where.
+    assert 'copy assets/<asset_id>/norm_stats.json of the openpi checkpoint' in message
+    assert f"to '{tmp_path / 'assets' / '<asset_id>' / 'norm_stats.json'}'" in message
     assert tf.find_norm_stats(tmp_path) is None
 
 

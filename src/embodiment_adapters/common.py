@@ -77,6 +77,10 @@ class EmbodimentAdapter:
         unified_dim: UNIFIED_DIM.
         state_slots, action_slots: unified index of each state / action entry.
         used_mask, delta_mask: (U,) bool; unified dims the robot commands / that are deltas.
+        velocity_mask: (U,) bool; joint dims whose model actions are velocities (integrated
+            into positions by the pipeline, see ``ActionMode.VELOCITY``).
+        velocity_scale, velocity_limit: (U,) robot units/s per model unit and the joint's
+            max_velocity on velocity dims (1 and inf elsewhere).
         lower, upper, max_velocity, is_velocity: (D,) arrays over action_names (base dims are
             velocities limited to +-max_velocity).
         cameras, commands, joint_state_topics: tuples of specs from the config.
@@ -112,8 +116,15 @@ class EmbodimentAdapter:
         self.used_mask = np.zeros(UNIFIED_DIM, dtype=bool)  # (U,)
         self.used_mask[self.action_slots] = True
         self.delta_mask = np.zeros(UNIFIED_DIM, dtype=bool)  # (U,)
+        self.velocity_mask = np.zeros(UNIFIED_DIM, dtype=bool)  # (U,)
+        self.velocity_scale = np.ones(UNIFIED_DIM)  # (U,) robot units/s per model unit
+        self.velocity_limit = np.full(UNIFIED_DIM, np.inf)  # (U,) robot units/s
         for j in joints:
             self.delta_mask[j.slot] = j.action_mode == ActionMode.DELTA
+            if j.action_mode == ActionMode.VELOCITY:
+                self.velocity_mask[j.slot] = True
+                self.velocity_scale[j.slot] = j.velocity_scale
+                self.velocity_limit[j.slot] = j.max_velocity
         self.lower = np.array([j.lower for j in joints] + [-b.max_velocity for b in base])  # (D,)
         self.upper = np.array([j.upper for j in joints] + [b.max_velocity for b in base])  # (D,)
         self.max_velocity = np.array([j.max_velocity for j in joints]

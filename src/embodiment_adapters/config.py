@@ -56,7 +56,7 @@ _TOP_KEYS = {
 }
 _JOINT_KEYS = {
     'name': True, 'slot': True, 'lower': True, 'upper': True, 'max_velocity': True,
-    'action': True, 'gripper': False,
+    'action': True, 'gripper': False, 'velocity_scale': False,
 }
 _GRIPPER_KEYS = {
     'open_value': True, 'closed_value': True, 'state_joint': False, 'state_open_value': False,
@@ -240,14 +240,24 @@ def _parse_joint(r: _Reader, value: Any, field: str) -> JointSpec:
     gripper = None
     if j.get('gripper') is not None:
         gripper = _parse_gripper(r, j['gripper'], f'{field}.gripper', name, lower, upper)
+    action_mode = r.choice(j['action'], f'{field}.action', ActionMode)
+    if action_mode == ActionMode.VELOCITY and gripper is not None:
+        raise r.fail(f'{field}.action', action_mode.value, "'absolute' or 'delta' for a gripper",
+                     'Velocity actions are for arm joints (DROID grippers are positions).')
+    if 'velocity_scale' in j and action_mode != ActionMode.VELOCITY:
+        raise r.fail(f'{field}.velocity_scale', j['velocity_scale'],
+                     "no velocity_scale unless action is 'velocity'",
+                     'Remove velocity_scale or set action: velocity.')
     return JointSpec(
         name=name,
         slot=r.integer(j['slot'], f'{field}.slot', 0, UNIFIED_DIM - 1),
         lower=lower,
         upper=upper,
         max_velocity=r.number(j['max_velocity'], f'{field}.max_velocity', positive=True),
-        action_mode=r.choice(j['action'], f'{field}.action', ActionMode),
+        action_mode=action_mode,
         gripper=gripper,
+        velocity_scale=r.number(j.get('velocity_scale', 1.0), f'{field}.velocity_scale',
+                                positive=True),
     )
 
 

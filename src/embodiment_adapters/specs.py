@@ -25,6 +25,10 @@ class ActionMode(enum.StrEnum):
     ABSOLUTE = 'absolute'
     # The action is a position offset from the current (unified) state.
     DELTA = 'delta'
+    # The action is a joint VELOCITY (openpi's DROID checkpoints): the pipeline integrates it
+    # into position targets at the chunk rate (control_rate_hz), starting from the measured
+    # state the chunk was conditioned on; never sent as a position.
+    VELOCITY = 'velocity'
 
 
 class CommandType(enum.StrEnum):
@@ -89,6 +93,9 @@ class JointSpec:
     action_mode: ActionMode
     # Gripper convention; None for an ordinary joint.
     gripper: GripperSpec | None = None
+    # VELOCITY joints only: robot units per second per unit of the model's velocity action
+    # (DROID: 0.2 rad per 1/15 s step for a normalised velocity of 1, i.e. 3.0 rad/s).
+    velocity_scale: float = 1.0
 
     @property
     def state_name(self) -> str:

@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from embodiment_adapters import EmbodimentAdapter, unified
+from embodiment_adapters import ActionMode, EmbodimentAdapter, unified
 import numpy as np
 
 from pi0_policy.runtime import transforms
-from pi0_policy.runtime.tokenizer import PromptTokenizer, TokenizedPrompt
+from pi0_policy.runtime.tokenizer import clean_prompt, PromptTokenizer, TokenizedPrompt
 
 # Keys of an observation dict (Observation).
 IMAGES_KEY = 'images'
@@ -34,6 +34,10 @@ ACTION_MODES = (ACTION_MODE_ROBOT, ACTION_MODE_ABSOLUTE)
 # An observation: {'images': {camera: (H, W, 3) uint8}, 'state': (N,), 'prompt': str,
 # optionally 'noise': (T, A)}.
 Observation = Mapping[str, Any]
+
+
+class MissingInstructionError(ValueError):
+    """The observation has no instruction and the checkpoint no default prompt."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,7 @@ class Pi0Pipeline:
         state_dim: int,
         action_dim: int,
         action_mode: str = ACTION_MODE_ROBOT,
+        default_prompt: str | None = None,
     ) -> None:
         """
         Bind the transforms to an adapter and a model's sizes.
@@ -105,6 +110,8 @@ class Pi0Pipeline:
             action_dim: model action width A (>= U).
             action_mode: one of ACTION_MODES: 'robot' (the adapter's delta_mask) or 'absolute'
                 (no delta→absolute transform).
+            default_prompt: instruction used when an observation's prompt is empty (the
+                checkpoint's default prompt); None: an empty prompt is an error.
 
         Raises:
             ValueError: the model is narrower than the unified layout, a camera maps to a slot
@@ -140,6 +147,24 @@ class Pi0Pipeline:
         if action_mode == ACTION_MODE_ABSOLUTE:
             self.delta_mask[:] = False
         self.delta_mask.flags.writeable = False
+        # (U,) unified dims the model outputs as velocities, integrated at the chunk rate.
+        self.velocity_mask = np.asarray(adapter.velocity_mask, dtype=bool).copy()
+        self.velocity_mask.flags.writeable = False
+        if action_mode == ACTION_MODE_ABSOLUTE and self.velocity_mask.any():
+            names = [j.name for j in adapter.config.joints
+                     if j.action_mode == ActionMode.VELOCITY]
+            raise ValueError(
+                f'action_mode {ACTION_MODE_ABSOLUTE!r} treats every action as an absolute '
+                f'position, but robot {adapter.name!r} ({adapter.config.source}) declares the '
+                f'joints {names} as action: velocity. Use action_mode {ACTION_MODE_ROBOT!r} '
+                'for a velocity checkpoint (e.g. openpi pi0_droid), or a robot config with '
+                'absolute actions for an absolute-position checkpoint.')
+        # Seconds between two actions of a chunk: the rate of the robot's training data.
+        self.chunk_dt = 1.0 / float(adapter.config.control_rate_hz)
+        if default_prompt is not None and not clean_prompt(default_prompt).strip():
+            raise ValueError(f'default_prompt {default_prompt!r} is blank; pass None for no '
+                             'default or an instruction such as "Transfer cube".')
+        self.default_prompt = default_prompt
 
     def prepare(self, observation: Observation) -> ModelInputs:
         """
@@ -161,7 +186,7 @@ class Pi0Pipeline:
         unified_state = np.asarray(self.adapter.state_to_unified(robot_state), np.float64)  # (U,)
         state = unified.pad(self.normalizer.normalize_state(unified_state), self.state_dim)
         images, image_masks = self._images(observation[IMAGES_KEY])
-        prompt = self.tokenizer(observation[PROMPT_KEY])
+        prompt = self.tokenizer(self.instruction(observation[PROMPT_KEY]))
         return ModelInputs(
             images=images, image_masks=image_masks, tokens=prompt.tokens,
             token_masks=prompt.mask, state=state.astype(np.float32),
@@ -178,15 +203,43 @@ class Pi0Pipeline:
             inputs: the inputs of the same inference (for the unified state).
 
         Returns:
-            (unified (T, U) float64, robot (T, F) float64).
+            (unified (T, U) float64, robot (T, F) float64); velocity dims hold the integrated
+            position targets in both.
 
         """
-        # Order: trim → unnormalize → delta→absolute → adapter.actions_from_unified
+        # Order: trim → unnormalize → delta→absolute → velocity→position →
+        # adapter.actions_from_unified
         actions = unified.trim(np.asarray(model_actions, np.float64), self.unified_dim)
         actions = self.normalizer.unnormalize_actions(actions)
         actions = transforms.delta_to_absolute(actions, inputs.unified_state, self.delta_mask)
+        actions = transforms.integrate_velocities(
+            actions, inputs.unified_state, self.velocity_mask, scale=self.adapter.velocity_scale,
+            limit=self.adapter.velocity_limit, dt=self.chunk_dt)
         robot = np.asarray(self.adapter.actions_from_unified(actions), np.float64)
         return actions, robot
+
+    def instruction(self, prompt: Any) -> str:
+        """
+        Return the prompt to tokenize: the given one, or the default when it is blank.
+
+        Raises:
+            TypeError: prompt is not a str.
+            MissingInstructionError: the prompt is blank and there is no default prompt; the
+                model is never fed an empty prompt.
+
+        """
+        if not isinstance(prompt, str):
+            raise TypeError(
+                f'prompt must be a str, got {type(prompt).__name__}; pass the instruction text.')
+        if clean_prompt(prompt).strip():
+            return prompt
+        if self.default_prompt is not None:
+            return self.default_prompt
+        raise MissingInstructionError(
+            f'No instruction: the prompt is {prompt!r} and the checkpoint has no default prompt. '
+            'Send one (node: the prompt parameter, ~/instruction or ~/set_instruction), or give '
+            'the checkpoint a default ("default_prompt" in its config.json, or the '
+            'default_prompt option); an empty prompt is never fed to the model.')
 
     def _check_state(self, state: Any) -> np.ndarray:
         """Validate the robot-order state vector."""

@@ -24,9 +24,10 @@ from pi0_policy.engine import Pi0Engine
 from pi0_policy.model import checkpoint
 from pi0_policy.model.config import Pi0Config
 from pi0_policy.model.pi0 import build_empty, init_random, Pi0Model
-from pi0_policy.runtime import transforms
+from pi0_policy.runtime import assets, transforms
 from pi0_policy.runtime.pipeline import (
-    ACTION_MODE_ROBOT, check_action_mode, ModelInputs, NOISE_KEY, Observation, Pi0Pipeline)
+    ACTION_MODE_ABSOLUTE, ACTION_MODE_ROBOT, check_action_mode, ModelInputs, NOISE_KEY,
+    Observation, Pi0Pipeline)
 from pi0_policy.runtime.tokenizer import load_tokenizer, PromptTokenizer
 import torch
 
@@ -133,6 +134,7 @@ class Pi0Policy:
         compile: bool = False,  # noqa: A002 (the name of the public option)
         checkpoint_info: checkpoint.CheckpointInfo | None = None,
         load_time_s: float = 0.0,
+        checkpoint_warnings: tuple[str, ...] = (),
     ) -> None:
         """
         Wrap a loaded model (use :meth:`from_checkpoint` to build one).
@@ -148,6 +150,8 @@ class Pi0Policy:
             compile: run the denoising step through torch.compile.
             checkpoint_info: what was loaded (None for the random tiny model).
             load_time_s: seconds spent building or loading.
+            checkpoint_warnings: what the loader found suspicious (action statistics that
+                contradict the robot config's action modes), already logged.
 
         Raises:
             ValueError: num_steps is not positive.
@@ -171,6 +175,8 @@ class Pi0Policy:
         self.checkpoint_info = checkpoint_info
         # Seconds spent building or loading the model, tokenizer and statistics.
         self.load_time_s = float(load_time_s)
+        # Loader warnings (assets.check_action_statistics), for status reports.
+        self.checkpoint_warnings = tuple(checkpoint_warnings)
         self._generator = torch.Generator(device='cpu').manual_seed(self.seed)
         self._lock = threading.Lock()
 
@@ -188,6 +194,7 @@ class Pi0Policy:
         seed: int = 0,
         compile: bool = False,  # noqa: A002 (the name of the public option)
         action_mode: str = ACTION_MODE_ROBOT,
+        default_prompt: str | None = None,
     ) -> Pi0Policy:
         """
         Load a policy.
@@ -210,13 +217,20 @@ class Pi0Policy:
                 ACTION_MODES): 'robot' applies the robot config's per-joint delta/absolute
                 actions; 'absolute' applies no delta transform (checkpoints trained on
                 absolute actions, e.g. openpi pi0_aloha_sim).
+            default_prompt: instruction used when an observation's prompt is blank; None uses
+                the checkpoint's (``"default_prompt"`` in its config.json, else the known
+                openpi asset's, see ``runtime.assets``); without any, a blank prompt raises
+                ``MissingInstructionError``. The tiny random model (``path`` None) defaults to
+                the adapter's ``EXAMPLE_PROMPT``.
 
         Returns:
             The ready policy.
 
         Raises:
-            ValueError: bad arguments (dtype, action_mode), or a checkpoint without tokenizer,
-                without norm stats, without the chosen asset id or with ambiguous stats.
+            ValueError: bad arguments (dtype, action_mode), a checkpoint without tokenizer,
+                without norm stats, without the chosen asset id or with ambiguous stats, or a
+                known openpi asset whose action semantics or rate the robot config contradicts
+                (e.g. the 'droid' asset with a robot whose joints are not action: velocity).
 
         """
         adapter = _resolve_adapter(embodiment)
@@ -225,12 +239,23 @@ class Pi0Policy:
         check_action_mode(action_mode)
         start = time.perf_counter()
         info = None
+        # (U,) the dims the pipeline will treat as deltas.
+        delta_mask = adapter.delta_mask & (action_mode != ACTION_MODE_ABSOLUTE)
+        warnings: list[str] = []
         if path is not None:
-            # Fail on the statistics before the (slow) weights are read.
+            # Fail on the statistics and the known checkpoint facts before the (slow) weights
+            # are read.
             asset_id, reason = _choose_asset_id(asset_id, adapter)
             normalizer = transforms.Normalizer.from_checkpoint(path, asset_id)
             _LOG.info('Norm stats asset %r (%s): %s', normalizer.asset_id, reason,
                       normalizer.source)
+            assets.check_known_asset(normalizer.asset_id, adapter, delta_mask)
+            warnings = assets.check_action_statistics(normalizer, adapter, delta_mask)
+            for warning in warnings:
+                _LOG.warning('Checkpoint %s: %s', path, warning)
+            if default_prompt is None:
+                default_prompt, source = assets.read_default_prompt(path, normalizer.asset_id)
+                _LOG.info('Default prompt %r (from %s).', default_prompt, source)
         if path is None:
             config = tiny_config_for(adapter)
             model = init_random(build_empty(config, device=torch_device, dtype=torch_dtype),
@@ -240,6 +265,9 @@ class Pi0Policy:
                                        max_len=config.max_token_len)
             normalizer = transforms.Normalizer()
             _LOG.warning('Pi0Policy uses a RANDOM tiny model: actions are meaningless.')
+            if default_prompt is None:
+                # No checkpoint, no trained language: the robot's example prompt stands in.
+                default_prompt = adapter.EXAMPLE_PROMPT
         else:
             model, config, info = checkpoint.load_pi0(path, torch_device, torch_dtype)
             tokenizer = load_tokenizer(tokenizer_path=tokenizer_path, checkpoint_dir=path,
@@ -249,12 +277,14 @@ class Pi0Policy:
         pipeline = Pi0Pipeline(
             adapter, tokenizer, normalizer, image_size=config.vision.image_size,
             num_cameras=config.num_cameras, state_dim=config.state_dim,
-            action_dim=config.action_dim, action_mode=action_mode)
-        _LOG.info('Pi0Policy action_mode=%r: delta dims %s.', action_mode,
-                  np.flatnonzero(pipeline.delta_mask).tolist())
+            action_dim=config.action_dim, action_mode=action_mode,
+            default_prompt=default_prompt)
+        _LOG.info('Pi0Policy action_mode=%r: delta dims %s, velocity dims %s.', action_mode,
+                  np.flatnonzero(pipeline.delta_mask).tolist(),
+                  np.flatnonzero(pipeline.velocity_mask).tolist())
         return cls(model, config, pipeline, device=torch_device, dtype=torch_dtype,
                    num_steps=num_steps, seed=seed, compile=compile, checkpoint_info=info,
-                   load_time_s=time.perf_counter() - start)
+                   load_time_s=time.perf_counter() - start, checkpoint_warnings=tuple(warnings))
 
     @property
     def action_horizon(self) -> int:
@@ -265,6 +295,11 @@ class Pi0Policy:
     def norm_stats_asset_id(self) -> str | None:
         """Return the asset id whose norm stats are used (None: identity, tiny model)."""
         return self.pipeline.normalizer.asset_id
+
+    @property
+    def default_prompt(self) -> str | None:
+        """Return the instruction used when an observation's prompt is blank (None: error)."""
+        return self.pipeline.default_prompt
 
     @property
     def action_mode(self) -> str:

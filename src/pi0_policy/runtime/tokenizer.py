@@ -157,18 +157,20 @@ def find_tokenizer_file(folder: str | Path) -> Path | None:
     """
     Find the PaliGemma tokenizer in a checkpoint folder.
 
-    Looks for each name of ``TOKENIZER_FILE_NAMES`` in ``folder``, then in ``folder/assets``, then
-    in every ``folder/assets/<asset_id>``.
+    Looks for each name of ``TOKENIZER_FILE_NAMES`` in ``folder``, then in ``folder/assets`` and
+    every ``folder/assets/<asset_id>``, then the same in the parent's ``assets`` (where openpi's
+    converter leaves them).
 
     Returns:
         The first file found, or None.
 
     """
     root = Path(folder)
-    candidates = [root, root / ASSETS_DIR_NAME]
-    assets = root / ASSETS_DIR_NAME
-    if assets.is_dir():
-        candidates += sorted(p for p in assets.iterdir() if p.is_dir())
+    candidates = [root]
+    for assets in (root / ASSETS_DIR_NAME, root.resolve().parent / ASSETS_DIR_NAME):
+        candidates.append(assets)
+        if assets.is_dir():
+            candidates += sorted(p for p in assets.iterdir() if p.is_dir())
     for directory in candidates:
         for name in TOKENIZER_FILE_NAMES:
             if (directory / name).is_file():

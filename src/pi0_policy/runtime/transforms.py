@@ -306,19 +306,39 @@ def unnormalize(x: np.ndarray, stats: NormStats, mode: NormMode = NormMode.ZSCOR
     return out
 
 
-def list_asset_ids(checkpoint_dir: str | Path) -> list[str]:
+def assets_dirs(checkpoint_dir: str | Path) -> list[Path]:
     """
-    Return the asset ids under ``<checkpoint_dir>/assets`` that hold a norm_stats.json.
+    Return the folders that may hold a checkpoint's assets, in search order.
 
-    openpi names assets by dataset repo id, so an id may be nested
-    (``lerobot/aloha_sim_transfer_cube_human``); ids are POSIX paths relative to ``assets/``.
+    ``<checkpoint_dir>/assets``, then ``<checkpoint_dir>/../assets``: openpi's JAX → PyTorch
+    converter writes the weights into an output folder and leaves ``assets/`` next to the JAX
+    ``params/``, i.e. in the parent when the output folder sits inside the openpi checkpoint.
     """
-    assets = Path(checkpoint_dir) / ASSETS_DIR_NAME
+    root = Path(checkpoint_dir)
+    return [root / ASSETS_DIR_NAME, root.resolve().parent / ASSETS_DIR_NAME]
+
+
+def _ids_in(assets: Path) -> list[str]:
+    """Return the asset ids under one assets folder that hold a norm_stats.json."""
     if not assets.is_dir():
         return []
     return sorted(path.parent.relative_to(assets).as_posix()
                   for path in assets.rglob(NORM_STATS_FILE_NAME)
                   if path.is_file() and path.parent != assets)
+
+
+def list_asset_ids(checkpoint_dir: str | Path) -> list[str]:
+    """
+    Return the asset ids that hold a norm_stats.json, from the first of `assets_dirs` with any.
+
+    openpi names assets by dataset repo id, so an id may be nested
+    (``lerobot/aloha_sim_transfer_cube_human``); ids are POSIX paths relative to ``assets/``.
+    """
+    for assets in assets_dirs(checkpoint_dir):
+        ids = _ids_in(assets)
+        if ids:
+            return ids
+    return []
 
 
 def _check_asset_id(asset_id: str) -> None:
@@ -333,7 +353,10 @@ def _check_asset_id(asset_id: str) -> None:
 
 def find_norm_stats(checkpoint_dir: str | Path, asset_id: str | None = None) -> Path | None:
     """
-    Locate ``<checkpoint_dir>/assets/<asset_id>/norm_stats.json`` (``asset_id`` may be nested).
+    Locate ``assets/<asset_id>/norm_stats.json`` of a checkpoint (``asset_id`` may be nested).
+
+    Searches the folders of `assets_dirs`: the checkpoint's own ``assets/`` first, then the one
+    in its parent folder (where openpi's converter leaves it).
 
     Args:
         checkpoint_dir: the checkpoint folder.
@@ -343,29 +366,46 @@ def find_norm_stats(checkpoint_dir: str | Path, asset_id: str | None = None) -> 
         The file, or None when the checkpoint has no statistics at all (and no asset_id was asked).
 
     Raises:
-        ValueError: the asked asset id does not exist, or several exist and none was chosen.
+        ValueError: the asked asset id does not exist (the message names the exact file to copy
+            and where), or several exist and none was chosen.
 
     """
-    assets = Path(checkpoint_dir) / ASSETS_DIR_NAME
+    own, parent = assets_dirs(checkpoint_dir)
     if asset_id is not None:
         _check_asset_id(asset_id)
-        path = assets / asset_id / NORM_STATS_FILE_NAME
-        if path.is_file():
-            return path
+        for assets in (own, parent):
+            path = assets / asset_id / NORM_STATS_FILE_NAME
+            if path.is_file():
+                if assets == parent:
+                    _LOG.info('Norm stats found in the parent folder (openpi converter layout): '
+                              '%s', path)
+                return path
+        target = own / asset_id / NORM_STATS_FILE_NAME
         raise ValueError(
-            f'Asset id {asset_id!r} has no {NORM_STATS_FILE_NAME} in {str(assets)!r} '
-            f'(looked for {str(path)!r}); available asset ids: '
-            f'{list_asset_ids(checkpoint_dir)}. Choose one of them (asset_id) or copy '
-            f'{ASSETS_DIR_NAME}/{asset_id}/{NORM_STATS_FILE_NAME} of the training run into '
-            'the checkpoint.')
-    ids = list_asset_ids(checkpoint_dir)
-    if not ids:
-        return None
-    if len(ids) > 1:
-        raise ValueError(
-            f'Checkpoint {str(checkpoint_dir)!r} has norm stats for several asset ids {ids}; '
-            'choose one with asset_id=<id> (or norm_stats_asset_id in the robot config).')
-    return assets / ids[0] / NORM_STATS_FILE_NAME
+            f'Asset id {asset_id!r} has no {NORM_STATS_FILE_NAME} (looked for '
+            f'{str(target)!r} and {str(parent / asset_id / NORM_STATS_FILE_NAME)!r}); available '
+            f'asset ids: {list_asset_ids(checkpoint_dir)}. Choose one of them (asset_id), or '
+            f'copy {ASSETS_DIR_NAME}/{asset_id}/{NORM_STATS_FILE_NAME} of the openpi checkpoint '
+            f'(the folder that holds params/) or training run to {str(target)!r}.')
+    for assets in (own, parent):
+        ids = _ids_in(assets)
+        if len(ids) > 1:
+            raise ValueError(
+                f'Checkpoint {str(checkpoint_dir)!r} has norm stats for several asset ids {ids} '
+                f'(in {str(assets)!r}); choose one with asset_id=<id> (or norm_stats_asset_id '
+                'in the robot config).')
+        if ids:
+            return assets / ids[0] / NORM_STATS_FILE_NAME
+    return None
+
+
+def asset_id_of(checkpoint_dir: str | Path, path: Path) -> str:
+    """Return the asset id of a norm_stats.json found by `find_norm_stats`."""
+    for assets in assets_dirs(checkpoint_dir):
+        if path.parent.is_relative_to(assets):
+            return path.parent.relative_to(assets).as_posix()
+    raise ValueError(f'{str(path)!r} is not under the assets folders '
+                     f'{[str(d) for d in assets_dirs(checkpoint_dir)]}.')
 
 
 def load_norm_stats(path: str | Path) -> dict[str, NormStats]:
@@ -434,13 +474,14 @@ class Normalizer:
             return cls(mode=mode)
         path = find_norm_stats(checkpoint_dir, asset_id)
         if path is None:
+            own, parent = assets_dirs(checkpoint_dir)
             raise ValueError(
                 f'Checkpoint {str(checkpoint_dir)!r} has no norm stats: no '
                 f'{ASSETS_DIR_NAME}/<asset_id>/{NORM_STATS_FILE_NAME} (at any depth) under '
-                f'{str(Path(checkpoint_dir) / ASSETS_DIR_NAME)!r}. π0 needs the state/action '
-                'statistics it was trained with; copy '
-                f'{ASSETS_DIR_NAME}/<asset_id>/{NORM_STATS_FILE_NAME} of the training run into '
-                'the checkpoint '
+                f'{str(own)!r} or {str(parent)!r}. π0 needs the state/action statistics it was '
+                f'trained with; copy {ASSETS_DIR_NAME}/<asset_id>/{NORM_STATS_FILE_NAME} of the '
+                'openpi checkpoint (the folder that holds params/) or training run to '
+                f'{str(own / "<asset_id>" / NORM_STATS_FILE_NAME)!r} '
                 '(openpi: scripts/compute_norm_stats.py) and set asset_id to <asset_id>.')
         stats = load_norm_stats(path)
         missing = [k for k in (STATE_KEY, ACTIONS_KEY) if k not in stats]
@@ -448,7 +489,7 @@ class Normalizer:
             raise ValueError(
                 f'{str(path)!r} lacks statistics for {missing}; expected keys '
                 f'{[STATE_KEY, ACTIONS_KEY]}, got {sorted(stats)}.')
-        chosen = path.parent.relative_to(Path(checkpoint_dir) / ASSETS_DIR_NAME).as_posix()
+        chosen = asset_id_of(checkpoint_dir, path)
         _LOG.info('Loaded norm stats of asset %r from %s (%s).', chosen, path, mode.value)
         return cls(state=stats[STATE_KEY], actions=stats[ACTIONS_KEY], mode=mode, source=path,
                    asset_id=chosen)
@@ -521,3 +562,50 @@ def absolute_to_delta(
     mask = np.asarray(delta_mask, bool)
     _check_delta_shapes(actions, state, mask)
     return actions - np.where(mask, state, 0.0)[..., None, :]
+
+
+# ----------------------------------------------------------------------------------------------
+# Velocity actions
+
+
+def integrate_velocities(
+    actions: np.ndarray, state: np.ndarray, velocity_mask: np.ndarray, *,
+    scale: np.ndarray, limit: np.ndarray, dt: float,
+) -> np.ndarray:
+    """
+    Turn velocity actions into position targets on the dims where velocity_mask is True.
+
+    Action k of a chunk is the command of step k (played at ``obs_time + k * dt``): the position
+    the robot is to reach one step later. So on velocity dims ``target_k = state + dt *
+    sum_{i <= k} clip(v_i * scale, -limit, limit)``, integrated from the measured state the chunk
+    was conditioned on (DROID's controller does the same per step: target = measured position
+    + velocity * step). Other dims are returned unchanged.
+
+    Args:
+        actions: (..., T, U) unnormalized actions; velocity dims in model units.
+        state: (..., U) unnormalized state (unified positions) the chunk starts from.
+        velocity_mask: (U,) bool.
+        scale: (U,) robot units per second per model unit.
+        limit: (U,) largest speed (robot units per second) integrated; faster values are clipped.
+        dt: seconds between two actions of the chunk (1 / chunk rate).
+
+    Returns:
+        (..., T, U) actions with positions on the velocity dims.
+
+    Raises:
+        ValueError: mismatched widths or a non-positive dt.
+
+    """
+    actions = np.asarray(actions, np.float64)
+    state = np.asarray(state, np.float64)
+    mask = np.asarray(velocity_mask, bool)
+    _check_delta_shapes(actions, state, mask)
+    if not (np.isfinite(dt) and dt > 0):
+        raise ValueError(f'Velocity integration needs a positive step dt in seconds, got {dt!r}; '
+                         'check control_rate_hz of the robot config.')
+    if not mask.any():
+        return actions
+    speeds = np.clip(actions * np.asarray(scale, np.float64), -np.asarray(limit, np.float64),
+                     np.asarray(limit, np.float64))  # (..., T, U) robot units / s
+    positions = state[..., None, :] + dt * np.cumsum(speeds, axis=-2)  # (..., T, U)
+    return np.where(mask, positions, actions)
