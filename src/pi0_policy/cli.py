@@ -1,5 +1,5 @@
 """
-Command line ``pi0-policy``: ``parity``, ``benchmark``, ``train`` and ``bag2dataset``.
+Command line ``pi0-policy``: ``parity``, ``benchmark``, ``train``, ``bag2dataset`` and ``serve``.
 
 ``parity FIXTURE_DIR [...]`` checks this implementation against "pi0-parity-fixture v1"
 directories (weights, inputs and a peer's outputs): camera 0's image tokens, the velocity at
@@ -8,7 +8,8 @@ against the fixture's tolerance; where the fixture has ``grads.safetensors``, al
 and the gradient of every parameter (per tensor: ``|g - g_ref| <= grad_rel |g_ref| + grad_abs``,
 L2 norms). Exit status: 0 all pass, 1 a mismatch, 2 an unreadable or unknown fixture.
 ``train`` fine-tunes or trains π0 on LeRobot datasets (``pi0_policy.training.train``);
-``bag2dataset`` converts rosbag2 recordings into one (``pi0_policy.data.rosbag``).
+``bag2dataset`` converts rosbag2 recordings into one (``pi0_policy.data.rosbag``);
+``serve`` serves a policy over openpi's websocket protocol (``pi0_policy.serving.command``).
 """
 
 from __future__ import annotations
@@ -260,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_arguments(sub.add_parser('train', help='fine-tune or train pi0 on LeRobot datasets'))
     rosbag.add_arguments(sub.add_parser('bag2dataset',
                                         help='convert rosbag2 recordings to a LeRobot dataset'))
+    from pi0_policy.serving import command as serve_command
+    serve_command.add_arguments(sub.add_parser(
+        'serve', help="serve a policy over openpi's websocket protocol"))
     return parser
 
 
@@ -282,6 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == 'bag2dataset':
         from pi0_policy.data import rosbag
         return rosbag.main_from_args(args)
+    if args.command == 'serve':
+        from pi0_policy.serving import command as serve_command
+        return serve_command.main_from_args(args)
     from pi0_policy import benchmark
     return benchmark.main_from_args(args)
 

@@ -7,7 +7,7 @@ C camera slots, L prompt tokens.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 import gc
 import logging
@@ -327,13 +327,27 @@ class Pi0Policy:
             RuntimeError: the policy was closed.
 
         """
+        return self.infer_batch([observation])[0]
+
+    def infer_batch(self, observations: Sequence[Observation]) -> list[PolicyResult]:
+        """
+        Compute one action chunk per observation in one batched model call (the server's path).
+
+        A batch of one gives the numbers of ``infer``; noise is drawn per observation in order.
+        Timings are those of the whole batch.
+
+        Raises:
+            ValueError: any observation is invalid (nothing is computed).
+            RuntimeError: the policy was closed.
+
+        """
         with self._lock:
             if self._model is None:
                 raise RuntimeError(
                     'Pi0Policy was closed; create a new one with Pi0Policy.from_checkpoint().')
             start = time.perf_counter()
-            inputs = self.pipeline.prepare(observation)
-            noise = self._noise(observation.get(NOISE_KEY))
+            inputs = [self.pipeline.prepare(observation) for observation in observations]
+            noise = torch.cat([self._noise(o.get(NOISE_KEY)) for o in observations])
             batch = self._to_batch(inputs)
             prepared = time.perf_counter()
             with torch.inference_mode():
@@ -343,8 +357,8 @@ class Pi0Policy:
                 if self.device.type == 'cuda':
                     torch.cuda.synchronize(self.device)
             sampled = time.perf_counter()
-            model_actions = out[0].float().cpu().numpy()  # (T, A)
-            unified_actions, actions = self.pipeline.finish(model_actions, inputs)
+            model_actions = out.float().cpu().numpy()  # (B, T, A)
+            finished = [self.pipeline.finish(model_actions[i], x) for i, x in enumerate(inputs)]
             done = time.perf_counter()
             timing = {
                 TIME_PREPROCESS: (prepared - start) * MS_PER_S,
@@ -353,11 +367,12 @@ class Pi0Policy:
                 TIME_TOTAL: (done - start) * MS_PER_S,
             }
             timing.update(self._model_timing())
-            return PolicyResult(
+            return [PolicyResult(
                 actions=actions, unified_actions=unified_actions,
-                timing=MappingProxyType(timing), prompt=inputs.prompt.text,
-                tokens=inputs.tokens, num_tokens=inputs.prompt.num_tokens,
-                prompt_truncated=inputs.prompt.truncated, image_masks=inputs.image_masks)
+                timing=MappingProxyType(dict(timing)), prompt=x.prompt.text,
+                tokens=x.tokens, num_tokens=x.prompt.num_tokens,
+                prompt_truncated=x.prompt.truncated, image_masks=x.image_masks)
+                for x, (unified_actions, actions) in zip(inputs, finished)]
 
     def example_observation(self, seed: int = WARMUP_SEED) -> dict[str, Any]:
         """Return a valid random observation for this embodiment (adapter ``make_example``)."""
@@ -401,13 +416,11 @@ class Pi0Policy:
                 f'shape {array.shape}; omit it to draw seeded noise.')
         return torch.from_numpy(array.reshape((1,) + shape)).to(self.device)
 
-    def _to_batch(self, inputs: ModelInputs) -> dict[str, torch.Tensor]:
-        """Add the batch axis and move the model inputs to the device."""
-        arrays = {'images': inputs.images, 'image_masks': inputs.image_masks,
-                  'tokens': inputs.tokens, 'token_masks': inputs.token_masks,
-                  'state': inputs.state}
-        return {k: torch.from_numpy(np.ascontiguousarray(v))[None].to(self.device)
-                for k, v in arrays.items()}
+    def _to_batch(self, inputs: Sequence[ModelInputs]) -> dict[str, torch.Tensor]:
+        """Stack the model inputs along a batch axis and move them to the device."""
+        fields = ('images', 'image_masks', 'tokens', 'token_masks', 'state')
+        return {k: torch.from_numpy(np.stack([getattr(x, k) for x in inputs])).to(self.device)
+                for k in fields}
 
     def _model_timing(self) -> dict[str, float]:
         """Return the model's own breakdown (ms), if it records one."""
