@@ -7,7 +7,8 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SRC = ROOT / 'src'
 PURE_PACKAGES = ['pi0_policy.model', 'pi0_policy.engine', 'pi0_policy.runtime', 'pi0_policy.sim',
-                 'pi0_policy.data', 'pi0_policy.training', 'embodiment_adapters']
+                 'pi0_policy.data', 'pi0_policy.training', 'pi0_policy.serving',
+                 'embodiment_adapters']
 
 # Runs in a fresh interpreter where `import rclpy` (and the message packages) raise ImportError.
 _PROBE = r"""

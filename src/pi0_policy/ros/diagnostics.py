@@ -13,6 +13,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from pi0_msgs.msg import PolicyStatus
 from pi0_policy.runtime.inputs import NEVER_RECEIVED
 from pi0_policy.runtime.status import NodeState, StatusSnapshot
+from pi0_policy.serving.client import BackendHealth
 from std_msgs.msg import Header
 
 # Hardware id reported in /diagnostics (the node is software, not a device).
@@ -92,3 +93,26 @@ def diagnostic_array(snapshot: StatusSnapshot, stamp: Time, node_name: str) -> D
         status.values = _values([('age_s', float(age))])
         statuses.append(status)
     return DiagnosticArray(header=Header(stamp=stamp), status=statuses)
+
+
+def backend_status(health: BackendHealth, node_name: str) -> DiagnosticStatus:
+    """
+    Build the status of a subprocess/remote policy backend: ERROR while disconnected.
+
+    Args:
+        health: The backend's connection state.
+        node_name: Fully qualified node name, used as the status name prefix.
+
+    Returns:
+        One DiagnosticStatus named '<node>: policy server'.
+
+    """
+    status = DiagnosticStatus(
+        level=DiagnosticStatus.OK if health.connected else DiagnosticStatus.ERROR,
+        name=f'{node_name}: policy server', hardware_id=HARDWARE_ID,
+        message=f'connected to {health.url}' if health.connected
+        else f'disconnected from {health.url}: {health.detail}')
+    status.values = _values([('url', health.url), ('connected', health.connected),
+                             ('reconnects', health.reconnects),
+                             ('server_restarts', health.restarts)])
+    return status

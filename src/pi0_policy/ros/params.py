@@ -16,7 +16,8 @@ from typing import Any
 
 from pi0_policy.runtime.chunking import available_strategies
 from pi0_policy.runtime.config import (
-    DTYPES, ExecutionConfig, NodeConfig, PolicyLoadConfig, ReportingConfig)
+    BACKEND_INPROCESS, BACKENDS, DTYPES, ExecutionConfig, NodeConfig, PolicyLoadConfig,
+    ReportingConfig)
 from pi0_policy.runtime.pipeline import ACTION_MODE_ROBOT, ACTION_MODES
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 ParameterType)
@@ -75,6 +76,18 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('robot', 'aloha', 'Robot config name (config/robots/<name>.yaml) or a YAML path; '
               'topics, joints, limits, cameras and command interfaces come from it.',
               read_only=True),
+    ParamSpec('policy_backend', BACKEND_INPROCESS, "Where pi0 runs: 'inprocess' (in this "
+              "node), 'subprocess' (a child 'pi0-policy serve' on loopback: the control process "
+              "runs no model code) or 'remote' (any openpi-protocol server at policy_url; the "
+              'model parameters below then belong to the server).', choices=BACKENDS,
+              read_only=True),
+    ParamSpec('policy_url', '', "remote: the server, e.g. 'ws://gpu-box:8000'.",
+              read_only=True),
+    ParamSpec('policy_api_key', '', "remote: sent as 'Authorization: Api-Key <key>'; empty "
+              'sends none.', read_only=True),
+    ParamSpec('policy_timeout', 10.0, 'subprocess/remote: seconds one inference request may '
+              'take before the connection is dropped and reopened (the robot holds meanwhile).',
+              range=(0.01, 600.0), read_only=True),
     ParamSpec('checkpoint', '', 'pi0 checkpoint folder (openpi or LeRobot layout); empty loads '
               'a tiny random model for tests and dry runs.', read_only=True),
     ParamSpec('device', DEFAULT_DEVICE, "Torch device: 'cpu', 'cuda' or 'cuda:<index>'; empty "
@@ -197,7 +210,8 @@ def node_config_from_values(values: Mapping[str, Any]) -> NodeConfig:
             checkpoint=v['checkpoint'] or None, device=v['device'] or DEFAULT_DEVICE,
             dtype=v['dtype'], num_steps=v['num_steps'], asset_id=v['asset_id'] or None,
             action_mode=v['action_mode'], tokenizer=v['tokenizer'] or None,
-            seed=v['seed'],
+            seed=v['seed'], backend=v['policy_backend'], url=v['policy_url'] or None,
+            api_key=v['policy_api_key'] or None, request_timeout=v['policy_timeout'],
             torch_threads=v['torch_threads'], inference_niceness=v['inference_niceness']),
         execution=ExecutionConfig(
             strategy=v['strategy'], control_rate_hz=v['control_rate_hz'],

@@ -42,10 +42,11 @@ from pi0_policy.runtime.chunking import make_executor
 from pi0_policy.runtime.config import NodeConfig
 from pi0_policy.runtime.inputs import (
     input_specs, InputError, InputSpec, ObservationBuffer, required_names)
-from pi0_policy.runtime.policy import Pi0Policy
 from pi0_policy.runtime.safety import SafetyConfig, SafetyFilter
 from pi0_policy.runtime.session import Session
 from pi0_policy.runtime.status import NodeState, StatusReporter, StatusSnapshot
+from pi0_policy.serving.backends import load_backend
+from pi0_policy.serving.client import PolicyBackend
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import NameValidationException
@@ -89,7 +90,7 @@ class PolicyNode(LifecycleNode):
         params.declare_parameters(self)
         # Created by configure, released by cleanup (the controller and status are kept).
         self._config: NodeConfig | None = None
-        self._policy: Pi0Policy | None = None
+        self._policy: PolicyBackend | None = None
         self._router: CommandRouter | None = None
         self._inputs: tuple[InputSpec, ...] = ()
         self._ghosts: tuple[visualization.GhostGroup, ...] = ()
@@ -139,10 +140,8 @@ class PolicyNode(LifecycleNode):
         check_topics(adapter, inputs, node_name=self.get_name(), namespace=self.get_namespace())
         router = CommandRouter(adapter.commands, adapter.action_names, adapter.config.base,
                                control_period=cfg.execution.dt, base_frame_id=cfg.base_frame_id)
-        self._policy = Pi0Policy.from_checkpoint(
-            cfg.policy.checkpoint, adapter, device=cfg.policy.device, dtype=cfg.policy.dtype,
-            num_steps=cfg.policy.num_steps, asset_id=cfg.policy.asset_id, seed=cfg.policy.seed,
-            action_mode=cfg.policy.action_mode, tokenizer_path=cfg.policy.tokenizer)
+        self._policy = load_backend(cfg.policy, adapter, robot=cfg.robot,
+                                    on_disconnect=self._on_policy_lost)
         self._policy.warmup()
         # Ticks run at the node's control rate; the chunk's actions are spaced at the rate of the
         # robot's data (its config), which the executor interpolates.
@@ -330,6 +329,11 @@ class PolicyNode(LifecycleNode):
     def _on_inference_error(self, error: Exception) -> None:
         self._report_error(self._ctl.inference_failed(error))
 
+    def _on_policy_lost(self, reason: str) -> None:
+        """Drop the plan at once when the policy server's connection drops (client thread)."""
+        if self._ctl is not None:
+            self._report_error(self._ctl.inference_failed(ConnectionError(reason)))
+
     def _publish_chunk(self, result, obs_time: float, instruction: str, sequence: int) -> None:
         if not self.context.ok():  # shutting down: the chunk is no longer delivered
             return
@@ -379,8 +383,13 @@ class PolicyNode(LifecycleNode):
             self._snapshot(), self.get_clock().now().to_msg()))
 
     def _publish_diagnostics(self) -> None:
-        self._diag_pub.publish(diagnostics.diagnostic_array(
-            self._snapshot(), self.get_clock().now().to_msg(), self.get_fully_qualified_name()))
+        array = diagnostics.diagnostic_array(
+            self._snapshot(), self.get_clock().now().to_msg(), self.get_fully_qualified_name())
+        health = getattr(self._policy, 'health', None)  # subprocess/remote backends only
+        if health is not None:
+            array.status.append(diagnostics.backend_status(health(),
+                                                           self.get_fully_qualified_name()))
+        self._diag_pub.publish(array)
 
 
 def main(args: list[str] | None = None) -> None:

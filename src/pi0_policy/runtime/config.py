@@ -23,6 +23,12 @@ DEVICE_PATTERN = re.compile(r'^(cpu|cuda(:\d+)?)$')
 MAX_NICENESS = 19
 # Largest SCHED_FIFO priority on Linux.
 MAX_RT_PRIORITY = 99
+# Where the policy runs (pi0_policy.serving.backends): in the node's process, in a child
+# `pi0-policy serve` on loopback, or behind an openpi-protocol server at policy_url.
+BACKEND_INPROCESS = 'inprocess'
+BACKEND_SUBPROCESS = 'subprocess'
+BACKEND_REMOTE = 'remote'
+BACKENDS = (BACKEND_INPROCESS, BACKEND_SUBPROCESS, BACKEND_REMOTE)
 
 
 def _require(ok: bool, name: str, value: object, expected: str) -> None:
@@ -165,9 +171,23 @@ class PolicyLoadConfig:
     action_mode: str = ACTION_MODE_ROBOT
     # PaliGemma SentencePiece model file; None looks in the checkpoint folder.
     tokenizer: str | None = None
+    # Where the model runs: one of BACKENDS.
+    backend: str = BACKEND_INPROCESS
+    # remote: ws://host:port of an openpi-protocol server.
+    url: str | None = None
+    # remote: sent as 'Authorization: Api-Key <key>' when set.
+    api_key: str | None = None
+    # remote/subprocess: seconds one inference request may take before it is abandoned.
+    request_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         """Validate the fields."""
+        _require(self.backend in BACKENDS, 'policy_backend', self.backend,
+                 f'one of {list(BACKENDS)}')
+        _require(self.backend != BACKEND_REMOTE or bool(self.url), 'policy_url', self.url,
+                 "a server URL such as 'ws://gpu-box:8000' when policy_backend is 'remote'")
+        _require(self.request_timeout > 0.0, 'policy_timeout', self.request_timeout,
+                 'a positive number of seconds')
         _require(DEVICE_PATTERN.match(self.device) is not None, 'device', self.device,
                  "'cpu', 'cuda' or 'cuda:<index>'")
         _require(self.dtype in DTYPES, 'dtype', self.dtype, f'one of {list(DTYPES)}')

@@ -22,6 +22,7 @@ from pi0_policy.runtime.safety import HoldReason, SafetyFilter
 from pi0_policy.runtime.status import NodeState, StatusReporter
 
 DISABLED_DETAIL = 'enable with the ~/enable service'
+WAITING_DETAIL = 'waiting for the next chunk'
 
 
 class Session:
@@ -117,7 +118,7 @@ class Session:
             self._wake()
         if action is None:
             reason = HoldReason.INFERENCE_FAILURE if self.fault else HoldReason.NO_ACTION
-            return self._hold(reason, self.fault or 'waiting for the next chunk', now)
+            return self._hold(reason, self.fault or self._waiting_detail(), now)
         measured = None  # the first command starts from the fresh measured positions
         if self.safety.last_command is None:
             measured = self.measured(now)
@@ -136,6 +137,14 @@ class Session:
         self._publish(self.safety.hold(reason, measured)[0])
         self.set_state(NodeState.HOLDING if self.commanded else NodeState.WAITING,
                        f'{reason.value}: {detail}')
+
+    def _waiting_detail(self) -> str:
+        """Say that no action is planned and, once one ran, how long inference takes."""
+        last = self.status.latency.last
+        if not last:
+            return WAITING_DETAIL
+        # A slow policy (e.g. a remote server) shows here as holds between chunks.
+        return f'{WAITING_DETAIL} (the last inference took {last * 1000.0:.0f} ms)'
 
     def tick_failed(self, error: Exception) -> None:
         """Hold and report ERROR after a tick raised."""

@@ -10,9 +10,10 @@ thread that started it ends (Linux ``PR_SET_PDEATHSIG``), so a killed node leave
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 import collections
+from collections.abc import Callable, Sequence
 import ctypes
+from dataclasses import replace
 import logging
 import os
 import queue
@@ -26,7 +27,7 @@ import time
 from embodiment_adapters import EmbodimentAdapter
 from pi0_policy.runtime.pipeline import Observation
 from pi0_policy.runtime.policy import PolicyResult
-from pi0_policy.serving.client import RemoteConfig, RemotePolicy
+from pi0_policy.serving.client import BackendHealth, RemoteConfig, RemotePolicy
 from pi0_policy.serving.command import API_KEY_ENV
 from pi0_policy.serving.server import LISTENING_PREFIX
 
@@ -106,6 +107,10 @@ class SubprocessPolicy:
     def action_horizon(self) -> int:
         """Return the number of actions T per chunk."""
         return self._remote.action_horizon
+
+    def health(self) -> BackendHealth:
+        """Return the connection state, with the number of child restarts."""
+        return replace(self._remote.health(), restarts=self.restarts)
 
     def infer(self, observation: Observation) -> PolicyResult:
         """Infer in the child (see ``RemotePolicy.infer``)."""

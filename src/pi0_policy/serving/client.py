@@ -52,6 +52,22 @@ PING_INTERVAL = 2.0
 PING_TIMEOUT = 10.0
 
 
+@dataclass(frozen=True)
+class BackendHealth:
+    """Connection state of a subprocess/remote backend (reported in /diagnostics)."""
+
+    # The server's URL.
+    url: str
+    # Whether a connection is open.
+    connected: bool
+    # Why it is down, and the reconnection attempts so far ('' while connected).
+    detail: str
+    # Successful reconnections since start.
+    reconnects: int
+    # Child servers restarted (subprocess backend).
+    restarts: int = 0
+
+
 class PolicyBackend(Protocol):
     """What the node's inference thread needs from a policy (``Pi0Policy`` is one)."""
 
@@ -169,6 +185,12 @@ class RemotePolicy:
                                'warmup() first to learn it from a response.')
         return self._horizon
 
+    def health(self) -> BackendHealth:
+        """Return the connection state."""
+        connected = self.connected
+        detail = '' if connected else f'{self.last_error}; reconnect attempt {self.attempts}'
+        return BackendHealth(self.url, connected, detail, self.reconnects)
+
     # ----- public API -----------------------------------------------------------------------
     def infer(self, observation: Observation) -> PolicyResult:
         """
@@ -285,7 +307,7 @@ class RemotePolicy:
         if dim is not None and dim != self.adapter.dof:
             self.close()
             raise ValueError(
-                f"Policy server {self.url} serves {dim}-dim actions (robot "
+                f'Policy server {self.url} serves {dim}-dim actions (robot '
                 f"{self.metadata.get('robot')!r}) but robot {self.adapter.name!r} has "
                 f'{self.adapter.dof}; start the server with --robot {self.adapter.name}.')
         if isinstance(horizon, int) and horizon > 0:
@@ -399,4 +421,3 @@ class RemotePolicy:
 
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float, np.number)) else None
-

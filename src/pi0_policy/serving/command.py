@@ -12,14 +12,13 @@ import argparse
 import logging
 import os
 
-import torch
-
 from pi0_policy.runtime.pipeline import ACTION_MODE_ROBOT, ACTION_MODES
 from pi0_policy.runtime.policy import DEFAULT_NUM_STEPS, DTYPES, Pi0Policy
 from pi0_policy.serving.formats import FORMATS, serving_for
 from pi0_policy.serving.server import (
     DEFAULT_HOST, DEFAULT_MAX_BATCH, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_PORT, PolicyServer, run,
     ServerConfig)
+import torch
 
 # Environment variable read when --api-key is not given (keeps the key out of `ps`).
 API_KEY_ENV = 'PI0_POLICY_API_KEY'

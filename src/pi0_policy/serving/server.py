@@ -34,7 +34,7 @@ from pi0_policy.runtime.policy import (
     MS_PER_S, Pi0Policy, PolicyResult, TIME_MODEL, TIME_TOTAL)
 from pi0_policy.serving import codec
 from pi0_policy.serving.formats import ObservationMapping, RobotServing
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import serve, Server, ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
