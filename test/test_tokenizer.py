@@ -1,6 +1,7 @@
 """Tests of the π0 prompt rule with a SentencePiece model trained at test time (no hub)."""
 
 import io
+import json
 import logging
 from pathlib import Path
 import random
@@ -21,7 +22,11 @@ MAX_LEN = tok.DEFAULT_MAX_TOKEN_LEN
 
 
 def train_sentencepiece(path: Path, vocab_size: int = TRAIN_VOCAB_SIZE) -> Path:
-    """Train a small BPE SentencePiece model with Gemma's special ids and write it to path."""
+    """
+    Train a small BPE SentencePiece model with Gemma's special ids and write it to path.
+
+    Like Gemma's: no normalization, no dummy prefix, whitespace kept as it is.
+    """
     rng = random.Random(0)
     lines = [' '.join(rng.choice(TRAIN_WORDS) for _ in range(TRAIN_SENTENCE_WORDS))
              for _ in range(TRAIN_SENTENCES)]
@@ -30,7 +35,8 @@ def train_sentencepiece(path: Path, vocab_size: int = TRAIN_VOCAB_SIZE) -> Path:
         sentence_iterator=iter(lines), model_writer=buffer, vocab_size=vocab_size,
         pad_id=tok.PAD_ID, eos_id=tok.EOS_ID, bos_id=tok.BOS_ID, unk_id=tok.UNK_ID,
         user_defined_symbols=[tok.ANSWER_START], model_type='bpe',
-        normalization_rule_name='identity', add_dummy_prefix=False, minloglevel=2)
+        normalization_rule_name='identity', add_dummy_prefix=False,
+        remove_extra_whitespaces=False, minloglevel=2)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(buffer.getvalue())
     return path
@@ -144,3 +150,80 @@ def test_fallback_is_deterministic_and_in_range():
     assert tokenizer('pick up the ball').tokens.tolist() != a.tokens.tolist()
     with pytest.raises(ValueError, match='needs vocab_size >'):
         tok.FallbackEncoder(3)
+
+
+# --------------------------------------------------------------- Hugging Face tokenizer folder
+
+# Prompts for the SentencePiece vs Hugging Face comparison: the openpi rule's characters ('_',
+# newlines, outer spaces), inner double spaces, characters outside the vocabulary, text that looks
+# like special tokens, and a prompt longer than 48 tokens.
+COMPARED_PROMPTS = (
+    'pick up the red cube',
+    '  Transfer cube  ',
+    'fold_the_towel\nand place it in the bowl\n',
+    'move  the   left arm',
+    'ünïcode 123 ✓',
+    '<s> open </s> the gripper <pad>',
+    ' '.join(['socket insertion peg'] * 40),
+)
+
+
+def convert_to_hugging_face(sp_file: Path, folder: Path) -> Path:
+    """Convert a SentencePiece model to a Hugging Face fast tokenizer folder (transformers)."""
+    from transformers import AutoTokenizer
+
+    source = folder.parent / f'{folder.name}_source'
+    source.mkdir(parents=True)
+    (source / 'tokenizer.model').write_bytes(sp_file.read_bytes())
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(sp_file))
+    specials = {key: sp.id_to_piece(i) for key, i in (
+        ('pad_token', tok.PAD_ID), ('eos_token', tok.EOS_ID), ('bos_token', tok.BOS_ID),
+        ('unk_token', tok.UNK_ID))}
+    (source / 'tokenizer_config.json').write_text(json.dumps(
+        {'tokenizer_class': 'GemmaTokenizer', **specials}))
+    # transformers' Gemma converter turns the SentencePiece model into tokenizer.json.
+    AutoTokenizer.from_pretrained(str(source), local_files_only=True).save_pretrained(str(folder))
+    assert (folder / 'tokenizer.json').is_file() and not (folder / 'tokenizer.model').exists()
+    return folder
+
+
+@pytest.fixture(scope='module')
+def hf_folder(sp_file, tmp_path_factory) -> Path:
+    return convert_to_hugging_face(sp_file, tmp_path_factory.mktemp('hf') / 'paligemma')
+
+
+def test_hugging_face_folder_gives_the_sentencepiece_ids(sp_file, hf_folder):
+    reference = tok.PromptTokenizer.from_path(sp_file)
+    converted = tok.PromptTokenizer.from_path(hf_folder)
+    assert isinstance(converted.encoder, tok.HuggingFaceEncoder)
+    assert converted.vocab_size == reference.vocab_size
+    for prompt in COMPARED_PROMPTS:
+        a, b = reference(prompt), converted(prompt)
+        assert b.tokens.tolist() == a.tokens.tolist(), prompt
+        assert b.mask.tolist() == a.mask.tolist(), prompt
+        assert (b.num_tokens, b.truncated, b.text) == (a.num_tokens, a.truncated, a.text)
+    long = converted(COMPARED_PROMPTS[-1])
+    assert long.truncated and long.mask.all() and long.tokens.shape == (MAX_LEN,)
+    # The tokenizer.json file itself works as well as its folder.
+    by_file = tok.PromptTokenizer.from_path(hf_folder / 'tokenizer.json')
+    assert by_file('pick up').tokens.tolist() == reference('pick up').tokens.tolist()
+
+
+def test_hugging_face_folder_in_a_checkpoint_and_errors(sp_file, hf_folder, tmp_path):
+    root = tmp_path / 'lerobot_ckpt'
+    (root / 'assets').mkdir(parents=True)
+    for name in ('tokenizer.json', 'tokenizer_config.json'):
+        (root / name).write_bytes((hf_folder / name).read_bytes())
+    assert tok.find_tokenizer_file(root) == root / 'tokenizer.json'
+    loaded = tok.load_tokenizer(checkpoint_dir=root, vocab_size=TRAIN_VOCAB_SIZE)
+    assert isinstance(loaded.encoder, tok.HuggingFaceEncoder)
+    # A SentencePiece model in the same folder is preferred (openpi's reference).
+    train_sentencepiece(root / 'assets' / 'paligemma_tokenizer.model')
+    assert tok.find_tokenizer_file(root).name == 'paligemma_tokenizer.model'
+    with pytest.raises(ValueError, match='holds no tokenizer.json; expected a Hugging Face'):
+        tok.HuggingFaceEncoder(tmp_path)
+    broken = tmp_path / 'broken'
+    broken.mkdir()
+    (broken / 'tokenizer.json').write_text('{}')
+    with pytest.raises(ValueError, match='Cannot load the Hugging Face tokenizer in'):
+        tok.HuggingFaceEncoder(broken)

@@ -96,9 +96,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('asset_id', '', 'Norm-stats asset id in the checkpoint (may be nested, e.g. '
               "lerobot/aloha_sim_transfer_cube_human); empty uses the robot config's "
               "norm_stats_asset_id, else the checkpoint's only asset.", read_only=True),
-    ParamSpec('tokenizer', '', 'PaliGemma SentencePiece model file; empty looks in the '
-              'checkpoint folder (tokenizer.model or paligemma_tokenizer.model, also under '
-              'assets/).', read_only=True),
+    ParamSpec('tokenizer', '', 'PaliGemma tokenizer: a SentencePiece .model file or a Hugging '
+              'Face tokenizer folder (tokenizer.json); empty looks in the checkpoint folder '
+              '(tokenizer.model, paligemma_tokenizer.model or tokenizer.json, also under '
+              'assets/ and in assets/ of the parent folder).', read_only=True),
     ParamSpec('action_mode', ACTION_MODE_ROBOT, "How the checkpoint's actions relate to the "
               "state: 'robot' = the robot config's per-joint delta/absolute modes; 'absolute' = "
               'no delta transform (checkpoints trained on absolute actions, e.g. openpi '

@@ -169,7 +169,8 @@ class PolicyLoadConfig:
     # How the checkpoint's actions relate to the state (pipeline ACTION_MODES): 'robot' applies
     # the robot config's per-joint delta/absolute; 'absolute' none (e.g. openpi pi0_aloha_sim).
     action_mode: str = ACTION_MODE_ROBOT
-    # PaliGemma SentencePiece model file; None looks in the checkpoint folder.
+    # PaliGemma tokenizer (SentencePiece .model or Hugging Face tokenizer folder); None looks in
+    # the checkpoint folder.
     tokenizer: str | None = None
     # Where the model runs: one of BACKENDS.
     backend: str = BACKEND_INPROCESS

@@ -210,7 +210,8 @@ class Pi0Policy:
                 (openpi names assets by dataset repo id, e.g.
                 ``lerobot/aloha_sim_transfer_cube_human``). None uses the robot config's
                 ``norm_stats_asset_id``, and when that is None too, the only asset present.
-            tokenizer_path: explicit tokenizer ``.model`` (default: found in the checkpoint).
+            tokenizer_path: explicit tokenizer: a SentencePiece ``.model``, a Hugging Face
+                ``tokenizer.json`` or its folder (default: found in the checkpoint).
             seed: seed of the random init (tiny model) and of the sampling noise.
             compile: run the denoising step through torch.compile (first call compiles).
             action_mode: how the checkpoint's actions relate to the state (pipeline

@@ -5,10 +5,15 @@ The rule (spec §6.2): strip the prompt, replace ``_`` and newlines by spaces, e
 token, append the separately encoded ``"\n"`` ("start of answer"), right-pad with 0 to
 ``max_len`` (48 for π0) with a boolean mask, and truncate longer prompts with a logged warning.
 
-Two encoders implement the rule's text → ids step:
+Three encoders implement the rule's text → ids step:
 
 - :class:`SentencePieceEncoder`: the PaliGemma SentencePiece model read from a local file
-  (``tokenizer.model`` / ``paligemma_tokenizer.model`` in a checkpoint folder or its ``assets/``).
+  (``tokenizer.model`` / ``paligemma_tokenizer.model`` in a checkpoint folder or its ``assets/``),
+  as openpi loads it.
+- :class:`HuggingFaceEncoder`: a Hugging Face tokenizer folder (``tokenizer.json`` +
+  ``tokenizer_config.json``, e.g. ``google/paligemma-3b-pt-224`` as LeRobot π0 checkpoints
+  expect) read through ``transformers``; the same prompt rule gives the same ids as the
+  SentencePiece model it was converted from.
 - :class:`FallbackEncoder`: a deterministic word-hash encoder for the tiny randomly initialised
   model, which has no tokenizer file. Its ids mean nothing to a trained checkpoint.
 """
@@ -36,8 +41,11 @@ UNK_ID = 3
 ANSWER_START = '\n'
 # Characters the prompt rule replaces by a space.
 PROMPT_SPACE_CHARS = ('_', '\n')
-# File names searched for, in this order, in a folder and then in its assets subfolder.
-TOKENIZER_FILE_NAMES = ('tokenizer.model', 'paligemma_tokenizer.model')
+# File names searched for, in this order, in a folder and then in its assets subfolder:
+# SentencePiece models first (openpi's reference), then a Hugging Face tokenizer.json.
+SENTENCEPIECE_FILE_NAMES = ('tokenizer.model', 'paligemma_tokenizer.model')
+HF_TOKENIZER_FILE = 'tokenizer.json'
+TOKENIZER_FILE_NAMES = SENTENCEPIECE_FILE_NAMES + (HF_TOKENIZER_FILE,)
 ASSETS_DIR_NAME = 'assets'
 # Fallback encoder: ids below this are reserved for the special tokens and the answer-start token.
 FALLBACK_FIRST_WORD_ID = 5
@@ -91,6 +99,50 @@ class SentencePieceEncoder:
     def encode(self, text: str, *, add_bos: bool) -> list[int]:
         """Encode text with the SentencePiece model."""
         return list(self._sp.Encode(text, out_type=int, add_bos=add_bos))
+
+
+class HuggingFaceEncoder:
+    """A Hugging Face tokenizer folder (``tokenizer.json``) read through ``transformers``."""
+
+    def __init__(self, folder: str | Path) -> None:
+        """
+        Load a tokenizer folder offline (``AutoTokenizer``, local files only).
+
+        Args:
+            folder: a folder holding ``tokenizer.json`` (and usually ``tokenizer_config.json``),
+                or the ``tokenizer.json`` file itself.
+
+        Raises:
+            ValueError: the folder does not hold a readable tokenizer, or it has no BOS token.
+
+        """
+        from transformers import AutoTokenizer  # Imported here: slow, and only this path needs it.
+
+        path = Path(folder)
+        folder = path.parent if path.is_file() else path
+        if not (folder / HF_TOKENIZER_FILE).is_file():
+            raise ValueError(
+                f'{str(path)!r} holds no {HF_TOKENIZER_FILE}; expected a Hugging Face tokenizer '
+                'folder (tokenizer.json + tokenizer_config.json, e.g. a download of '
+                'google/paligemma-3b-pt-224) or a SentencePiece .model file.')
+        try:
+            self._tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(
+                f'Cannot load the Hugging Face tokenizer in {str(folder)!r} ({e}); expected '
+                'tokenizer.json + tokenizer_config.json of the PaliGemma tokenizer.') from e
+        if self._tok.bos_token_id is None:
+            raise ValueError(
+                f'Hugging Face tokenizer {str(folder)!r} has no BOS token; the π0 prompt rule '
+                'starts every prompt with BOS. Set bos_token in its tokenizer_config.json.')
+        self.name = str(folder)
+        # Ids plain text can produce (added special tokens such as <mask> are never produced).
+        self.vocab_size = int(self._tok.vocab_size)
+
+    def encode(self, text: str, *, add_bos: bool) -> list[int]:
+        """Encode text; special-token strings in the text stay text, as in SentencePiece."""
+        ids = list(self._tok.encode(text, add_special_tokens=False, split_special_tokens=True))
+        return [int(self._tok.bos_token_id)] + ids if add_bos else ids
 
 
 class FallbackEncoder:
@@ -157,9 +209,10 @@ def find_tokenizer_file(folder: str | Path) -> Path | None:
     """
     Find the PaliGemma tokenizer in a checkpoint folder.
 
-    Looks for each name of ``TOKENIZER_FILE_NAMES`` in ``folder``, then in ``folder/assets`` and
-    every ``folder/assets/<asset_id>``, then the same in the parent's ``assets`` (where openpi's
-    converter leaves them).
+    Looks for each SentencePiece name of ``SENTENCEPIECE_FILE_NAMES`` in ``folder``, then in
+    ``folder/assets`` and every ``folder/assets/<asset_id>``, then the same in the parent's
+    ``assets`` (where openpi's converter leaves them); then for a Hugging Face
+    ``tokenizer.json`` in the same folders.
 
     Returns:
         The first file found, or None.
@@ -171,10 +224,12 @@ def find_tokenizer_file(folder: str | Path) -> Path | None:
         candidates.append(assets)
         if assets.is_dir():
             candidates += sorted(p for p in assets.iterdir() if p.is_dir())
-    for directory in candidates:
-        for name in TOKENIZER_FILE_NAMES:
-            if (directory / name).is_file():
-                return directory / name
+    # A SentencePiece model anywhere wins over a tokenizer.json (openpi's reference encoder).
+    for names in (SENTENCEPIECE_FILE_NAMES, (HF_TOKENIZER_FILE,)):
+        for directory in candidates:
+            for name in names:
+                if (directory / name).is_file():
+                    return directory / name
     return None
 
 
@@ -212,7 +267,9 @@ class PromptTokenizer:
     def from_file(
         cls, model_file: str | Path, max_len: int = DEFAULT_MAX_TOKEN_LEN,
     ) -> PromptTokenizer:
-        """Load a SentencePiece ``.model`` file."""
+        """Load a SentencePiece ``.model`` file, or a Hugging Face ``tokenizer.json``."""
+        if Path(model_file).name == HF_TOKENIZER_FILE:
+            return cls(HuggingFaceEncoder(model_file), max_len)
         return cls(SentencePieceEncoder(model_file), max_len)
 
     @classmethod
@@ -220,7 +277,10 @@ class PromptTokenizer:
         cls, path: str | Path, max_len: int = DEFAULT_MAX_TOKEN_LEN,
     ) -> PromptTokenizer:
         """
-        Load the tokenizer from a ``.model`` file or a checkpoint folder.
+        Load the tokenizer from a ``.model`` file, a ``tokenizer.json``, or a folder.
+
+        A folder is searched with :func:`find_tokenizer_file` (a checkpoint folder, or a
+        Hugging Face tokenizer folder).
 
         Raises:
             ValueError: the path does not exist or a folder holds no tokenizer file.
@@ -233,8 +293,10 @@ class PromptTokenizer:
                 raise ValueError(
                     f'No tokenizer in checkpoint folder {str(path)!r}: looked for '
                     f'{list(TOKENIZER_FILE_NAMES)} in it, in {ASSETS_DIR_NAME}/ and in '
-                    f'{ASSETS_DIR_NAME}/<asset_id>/. Copy paligemma_tokenizer.model there or '
-                    'pass tokenizer_path=<file>.')
+                    f'{ASSETS_DIR_NAME}/<asset_id>/ (and in {ASSETS_DIR_NAME}/ of the parent '
+                    'folder). Copy paligemma_tokenizer.model (or tokenizer.json + '
+                    'tokenizer_config.json of a Hugging Face tokenizer folder) there or pass '
+                    'tokenizer_path=<file or folder>.')
             return cls.from_file(found, max_len)
         return cls.from_file(path, max_len)
 
@@ -292,7 +354,8 @@ def load_tokenizer(
     Choose the tokenizer: an explicit file, else the checkpoint's, else the fallback.
 
     Args:
-        tokenizer_path: an explicit ``.model`` file or folder (wins when given).
+        tokenizer_path: an explicit ``.model`` file, ``tokenizer.json`` or folder (a checkpoint
+            folder or a Hugging Face tokenizer folder); wins when given.
         checkpoint_dir: a checkpoint folder to search (see :func:`find_tokenizer_file`); when
             given, a missing tokenizer is an error (a trained model needs its real tokenizer).
         vocab_size: the model's vocabulary, required for the fallback and checked against the
