@@ -7,12 +7,14 @@ The machinery they share (inbox, plan clock, latency tracking, progress and coun
 conventions every strategy follows (explicit time, chunk anchors, the plan clock, holding,
 threading) are in :mod:`pi0_policy.runtime.executor_base`; its public names are re-exported here.
 
-Real-Time Chunking (Black et al. 2025) fits as another registered strategy: it executes like
-``async`` (stitching by plan time already drops the first ``d`` actions of a new chunk) and, when
-an inference starts, reads ``guidance_target(obs_time)``: the not-yet-executed actions of the
-current chunk aligned so that row 0 is meant for ``obs_time`` (the guidance target Y, to be
-right-padded to H in model space by the sampler, never with zeros) and ``delay_ticks`` (the
-estimated delay d, in chunk steps of ``1 / chunk_rate_hz``, which the sampler needs).
+Real-Time Chunking (``rtc``; Black, Galliker, Levine 2025, Algorithm 1) executes like ``async``
+(stitching by plan time starts a new chunk at the index meant for the tick that takes it, i.e.
+after the ``d`` actions that passed during inference) but starts the next inference once
+``execute_steps`` (the execution horizon ``s``) actions of the current chunk have been executed,
+and hands the inference the current chunk's unexecuted actions from the observation time on
+(``request_extras``: leftover ``Y``, the estimated delay ``d`` and ``s``), which the policy turns
+into guidance in model space. It needs ``d <= s <= H - d``; a delay estimate outside that range is
+reported by ``RtcExecutor.delay_problem`` and clamped by the sampler (``d <= len(Y)``).
 
 Chunk rate: the policy's actions are spaced at ``chunk_rate_hz`` (the rate of its training data,
 the robot config's ``control_rate_hz``), which may differ from the control rate; every strategy
@@ -28,7 +30,7 @@ import numpy as np
 from pi0_policy.runtime.config import ExecutionConfig  # noqa: F401 (re-exported)
 from pi0_policy.runtime.executor_base import (  # noqa: F401 (re-exported)
     AcceptedChunk, ActionChunk, ChunkExecutor, ChunkProgress, ExecutorStats, GuidanceTarget,
-    RobotAction)
+    RobotAction, RTC_DELAY_KEY, RTC_EXECUTE_KEY, RTC_LEFTOVER_KEY)
 from typing_extensions import override
 
 _STRATEGIES: dict[str, type[ChunkExecutor]] = {}
@@ -265,6 +267,59 @@ class EnsembleExecutor(ChunkExecutor):
     def needs_inference(self, now: float) -> bool:
         """Return True unless a chunk is waiting to be taken (ensembling infers every tick)."""
         return not self._inbox
+
+
+@register_strategy('rtc')
+class RtcExecutor(AsyncExecutor):
+    """
+    Real-Time Chunking: async execution, inference every ``s`` actions, guided by the leftover.
+
+    ``s`` is ``execute_steps``: the next inference is requested once the current chunk's index
+    reaches ``s`` (at most ``H - s`` actions left), or earlier when the async latency rule fires.
+    ``request_extras`` gives the inference the current chunk from the observation time on and the
+    delay estimate ``d`` (a high quantile of recent observation-to-chunk delays, cold start
+    excluded), both in chunk steps.
+    """
+
+    @override
+    def needs_inference(self, now: float) -> bool:
+        """Return True once ``execute_steps`` actions of the current chunk are done."""
+        if self._inbox:
+            return False
+        chunk = self._current
+        if chunk is None or self._too_old(chunk, now):
+            return True
+        remaining = self._remaining_after(chunk, now)  # chunk actions
+        if remaining <= chunk.length - self._config.execute_steps:
+            return True
+        threshold = self._latency.delay_ticks + self._config.latency_margin_ticks  # ticks
+        return self._steps_to_ticks(remaining) <= threshold
+
+    @override
+    def request_extras(self, obs_time: float) -> dict[str, object]:
+        """Return the leftover, d and s for an inference from the observation at ``obs_time``."""
+        target = self.guidance_target(obs_time)
+        if target is None:
+            return {}
+        return {RTC_LEFTOVER_KEY: target.actions, RTC_DELAY_KEY: target.delay_ticks,
+                RTC_EXECUTE_KEY: self._config.execute_steps}
+
+    def delay_problem(self, horizon: int) -> str | None:
+        """
+        Return why the current delay estimate breaks ``d <= s <= H - d``, or None if it holds.
+
+        Args:
+            horizon: The chunk length H.
+        """
+        d = self._latency.steps(self._chunk_rate)
+        s = self._config.execute_steps
+        if d <= s <= horizon - d:
+            return None
+        return (f'RTC needs d <= s <= H - d, but the estimated inference delay is d={d} chunk '
+                f'steps with execute_steps s={s} and horizon H={horizon}: '
+                + (f'set execute_steps to a value in [{d}, {horizon - d}].' if 2 * d <= horizon
+                   else f'a delay above H/2={horizon // 2} steps is too slow for RTC; use a '
+                        'faster device or model, or the sync strategy.'))
 
 
 def make_executor(config: ExecutionConfig) -> ChunkExecutor:

@@ -50,7 +50,7 @@ def _check_int(name: str, value: object, minimum: int) -> None:
 class ExecutionConfig:
     """Settings of chunk execution (one frozen snapshot, validated on construction)."""
 
-    # Strategy name: 'sync', 'async' or 'ensemble' (see available_strategies()).
+    # Strategy name: 'sync', 'async', 'ensemble' or 'rtc' (see available_strategies()).
     strategy: str = 'async'
     # Rate of next_action() calls (control ticks), Hz; dt = 1 / control_rate_hz.
     control_rate_hz: float = 50.0
@@ -63,7 +63,8 @@ class ExecutionConfig:
     # are checked against it.
     horizon: int | None = None
     # sync: chunk actions executed from each chunk (a span of execute_steps / chunk_rate_hz
-    # seconds) before the robot holds and the next inference starts.
+    # seconds) before the robot holds and the next inference starts. rtc: the execution horizon
+    # s, actions executed from each chunk before the next inference starts (d <= s <= H - d).
     execute_steps: int = 25
     # async: request the next inference once at most this many actions are left in the chunk
     # (>= H requests on every tick).
@@ -116,6 +117,12 @@ class ExecutionConfig:
                     f'ExecutionConfig.execute_steps={self.execute_steps} exceeds '
                     f'horizon={self.horizon}: a chunk has only {self.horizon} actions; '
                     f'set execute_steps <= {self.horizon}.')
+            if self.strategy == 'rtc' and self.execute_steps >= self.horizon:
+                raise ValueError(
+                    f'ExecutionConfig.execute_steps={self.execute_steps} (the RTC execution '
+                    f'horizon s) must be below horizon={self.horizon}: RTC needs '
+                    f'd <= s <= H - d for the inference delay d; set execute_steps <= '
+                    f'{self.horizon - 1}, about H/2 = {self.horizon // 2} for the largest delay.')
         if not 0.0 < self.latency_quantile <= 1.0:
             raise ValueError(f'ExecutionConfig.latency_quantile={self.latency_quantile!r} must be '
                              'in (0, 1]; use 1.0 for the maximum of recent delays.')

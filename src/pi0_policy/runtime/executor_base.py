@@ -52,6 +52,14 @@ RobotAction = np.ndarray  # (D,) robot units
 
 # Nothing older than this is "the current observation": chunks are compared by obs_time.
 _NO_TIME = -math.inf
+# Extra observation keys of an RTC inference request (``ChunkExecutor.request_extras``): the
+# current chunk's not-yet-executed actions (R, D) in robot units from the observation time on, the
+# estimated inference delay d and the execution horizon s, both in chunk steps. A policy or server
+# that does not know them ignores them and answers without guidance.
+RTC_LEFTOVER_KEY = 'rtc_leftover'
+RTC_DELAY_KEY = 'rtc_delay'
+RTC_EXECUTE_KEY = 'rtc_execute_steps'
+
 # Slack, in ticks, for float round-off when a duration is converted to a whole number of ticks.
 _TICK_EPS = 1e-6
 # Slack, in chunk steps, for float round-off of a tick time on the chunk's action grid: a tick
@@ -270,6 +278,15 @@ class ChunkExecutor(abc.ABC):
                               start_time=chunk.anchor + start * self._chunk_dt,
                               delay_ticks=self._latency.steps(self._chunk_rate),
                               sequence=chunk.sequence)
+
+    def request_extras(self, obs_time: float) -> dict[str, object]:
+        """
+        Return extra keys for the inference request of an observation stamped ``obs_time``.
+
+        Empty except for Real-Time Chunking (``RTC_*_KEY``); the caller merges them into the
+        observation it passes to the policy.
+        """
+        return {}
 
     # -- for the strategies -------------------------------------------------------------------
 

@@ -241,6 +241,27 @@ class Pi0Pipeline:
             'the checkpoint a default ("default_prompt" in its config.json, or the '
             'default_prompt option); an empty prompt is never fed to the model.')
 
+    def to_model_actions(self, robot_actions: np.ndarray, inputs: ModelInputs) -> np.ndarray:
+        """
+        Turn (R, F) robot actions back into (R, A) model space: the inverse of ``finish``.
+
+        Used for the leftover of the previous chunk in Real-Time Chunking: deltas are taken
+        relative to the state of ``inputs`` (the new observation), as the new chunk's are.
+
+        Args:
+            robot_actions: (R, F) actions in robot order and units.
+            inputs: the inputs of the inference the actions are for (for the unified state).
+
+        Returns:
+            (R, A) float32 normalized actions, zero-padded to the model action width.
+
+        """
+        # Order: adapter.actions_to_unified → absolute→delta → normalize → pad
+        actions = np.asarray(self.adapter.actions_to_unified(robot_actions), np.float64)
+        actions = transforms.absolute_to_delta(actions, inputs.unified_state, self.delta_mask)
+        actions = self.normalizer.normalize_actions(actions)
+        return unified.pad(actions, self.action_dim).astype(np.float32)
+
     def _check_state(self, state: Any) -> np.ndarray:
         """Validate the robot-order state vector."""
         names = tuple(self.adapter.state_names)

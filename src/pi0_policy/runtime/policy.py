@@ -24,7 +24,9 @@ from pi0_policy.engine import Pi0Engine
 from pi0_policy.model import checkpoint
 from pi0_policy.model.config import Pi0Config
 from pi0_policy.model.pi0 import build_empty, init_random, Pi0Model
+from pi0_policy.model.rtc import ChunkPrior, DEFAULT_MAX_GUIDANCE_WEIGHT, SCHEDULE_EXP, SCHEDULES
 from pi0_policy.runtime import assets, transforms
+from pi0_policy.runtime.executor_base import RTC_DELAY_KEY, RTC_LEFTOVER_KEY
 from pi0_policy.runtime.pipeline import (
     ACTION_MODE_ABSOLUTE, ACTION_MODE_ROBOT, check_action_mode, ModelInputs, NOISE_KEY,
     Observation, Pi0Pipeline)
@@ -69,6 +71,9 @@ class PolicyResult:
     prompt_truncated: bool
     # (C,) bool, which camera slots held an image.
     image_masks: np.ndarray
+    # Real-Time Chunking: the delay d the chunk was sampled with (guided by the previous
+    # chunk's leftover, or inpainted for a delay-conditioned checkpoint); None without RTC.
+    rtc_delay: int | None = None
 
 
 def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -135,6 +140,8 @@ class Pi0Policy:
         checkpoint_info: checkpoint.CheckpointInfo | None = None,
         load_time_s: float = 0.0,
         checkpoint_warnings: tuple[str, ...] = (),
+        rtc_schedule: str = SCHEDULE_EXP,
+        rtc_max_guidance_weight: float = DEFAULT_MAX_GUIDANCE_WEIGHT,
     ) -> None:
         """
         Wrap a loaded model (use :meth:`from_checkpoint` to build one).
@@ -152,13 +159,21 @@ class Pi0Policy:
             load_time_s: seconds spent building or loading.
             checkpoint_warnings: what the loader found suspicious (action statistics that
                 contradict the robot config's action modes), already logged.
+            rtc_schedule: RTC soft-mask schedule over the leftover (model.rtc.SCHEDULES).
+            rtc_max_guidance_weight: RTC guidance clip beta (>= 0; 0 disables guidance).
 
         Raises:
-            ValueError: num_steps is not positive.
+            ValueError: num_steps is not positive, or a bad RTC setting.
 
         """
         if num_steps <= 0:
             raise ValueError(f'num_steps must be a positive step count, got {num_steps}.')
+        if rtc_schedule not in SCHEDULES or not rtc_max_guidance_weight >= 0:
+            raise ValueError(
+                f'rtc_schedule must be one of {SCHEDULES} and rtc_max_guidance_weight >= 0, got '
+                f'{rtc_schedule!r} and {rtc_max_guidance_weight!r}.')
+        self.rtc_schedule = rtc_schedule
+        self.rtc_max_guidance_weight = float(rtc_max_guidance_weight)
         self._model: Pi0Model | None = model
         # Fast inference built from the model (shares its weights).
         self._engine: Pi0Engine | None = Pi0Engine(model, compile=compile)
@@ -195,6 +210,8 @@ class Pi0Policy:
         compile: bool = False,  # noqa: A002 (the name of the public option)
         action_mode: str = ACTION_MODE_ROBOT,
         default_prompt: str | None = None,
+        rtc_schedule: str = SCHEDULE_EXP,
+        rtc_max_guidance_weight: float = DEFAULT_MAX_GUIDANCE_WEIGHT,
     ) -> Pi0Policy:
         """
         Load a policy.
@@ -223,6 +240,8 @@ class Pi0Policy:
                 openpi asset's, see ``runtime.assets``); without any, a blank prompt raises
                 ``MissingInstructionError``. The tiny random model (``path`` None) defaults to
                 the adapter's ``EXAMPLE_PROMPT``.
+            rtc_schedule: RTC soft-mask schedule (see ``__init__``).
+            rtc_max_guidance_weight: RTC guidance clip beta (see ``__init__``).
 
         Returns:
             The ready policy.
@@ -285,7 +304,9 @@ class Pi0Policy:
                   np.flatnonzero(pipeline.velocity_mask).tolist())
         return cls(model, config, pipeline, device=torch_device, dtype=torch_dtype,
                    num_steps=num_steps, seed=seed, compile=compile, checkpoint_info=info,
-                   load_time_s=time.perf_counter() - start, checkpoint_warnings=tuple(warnings))
+                   load_time_s=time.perf_counter() - start,
+                   checkpoint_warnings=tuple(warnings), rtc_schedule=rtc_schedule,
+                   rtc_max_guidance_weight=rtc_max_guidance_weight)
 
     @property
     def action_horizon(self) -> int:
@@ -318,7 +339,10 @@ class Pi0Policy:
 
         Args:
             observation: ``{'images': {camera: (H, W, 3) uint8}, 'state': (N,) robot order,
-                'prompt': str}``, optionally ``'noise'``: (T, A) initial noise for determinism.
+                'prompt': str}``, optionally ``'noise'``: (T, A) initial noise for determinism,
+                and for Real-Time Chunking ``'rtc_leftover'``: (R, F) the previous chunk's
+                unexecuted actions in robot units from this observation's time on, with
+                ``'rtc_delay'``: the inference delay d in chunk steps (clamped to R).
 
         Returns:
             The chunk in robot units with timings.
@@ -349,12 +373,11 @@ class Pi0Policy:
             start = time.perf_counter()
             inputs = [self.pipeline.prepare(observation) for observation in observations]
             noise = torch.cat([self._noise(o.get(NOISE_KEY)) for o in observations])
+            priors = [self._prior(o, x) for o, x in zip(observations, inputs)]
             batch = self._to_batch(inputs)
             prepared = time.perf_counter()
             with torch.inference_mode():
-                out = self._engine.sample_actions(
-                    batch['images'], batch['image_masks'], batch['tokens'], batch['token_masks'],
-                    batch['state'], noise=noise, num_steps=self.num_steps)
+                out = self._sample(batch, noise, priors)
                 if self.device.type == 'cuda':
                     torch.cuda.synchronize(self.device)
             sampled = time.perf_counter()
@@ -372,8 +395,9 @@ class Pi0Policy:
                 actions=actions, unified_actions=unified_actions,
                 timing=MappingProxyType(dict(timing)), prompt=x.prompt.text,
                 tokens=x.tokens, num_tokens=x.prompt.num_tokens,
-                prompt_truncated=x.prompt.truncated, image_masks=x.image_masks)
-                for x, (unified_actions, actions) in zip(inputs, finished)]
+                prompt_truncated=x.prompt.truncated, image_masks=x.image_masks,
+                rtc_delay=None if prior is None else prior.delay)
+                for x, prior, (unified_actions, actions) in zip(inputs, priors, finished)]
 
     def example_observation(self, seed: int = WARMUP_SEED) -> dict[str, Any]:
         """Return a valid random observation for this embodiment (adapter ``make_example``)."""
@@ -416,6 +440,41 @@ class Pi0Policy:
                 f'observation[{NOISE_KEY!r}] must be finite with shape {shape} (T, A), got '
                 f'shape {array.shape}; omit it to draw seeded noise.')
         return torch.from_numpy(array.reshape((1,) + shape)).to(self.device)
+
+    def _sample(self, batch: dict[str, torch.Tensor], noise: torch.Tensor,
+                priors: Sequence[ChunkPrior | None]) -> torch.Tensor:
+        """Sample (B, T, A): one batched call, or one call per observation with RTC priors."""
+        keys = ('images', 'image_masks', 'tokens', 'token_masks', 'state')
+        if all(prior is None for prior in priors):
+            return self._engine.sample_actions(*(batch[k] for k in keys), noise=noise,
+                                               num_steps=self.num_steps)
+        return torch.cat([self._engine.sample_actions(
+            *(batch[k][i:i + 1] for k in keys), noise=noise[i:i + 1], num_steps=self.num_steps,
+            prior=prior) for i, prior in enumerate(priors)])
+
+    def _prior(self, observation: Observation, inputs: ModelInputs) -> ChunkPrior | None:
+        """Return the RTC prior from the observation's leftover in model space, or None."""
+        leftover = observation.get(RTC_LEFTOVER_KEY)
+        if leftover is None:
+            return None
+        horizon, dof = self.config.action_horizon, int(self.adapter.dof)
+        array = np.asarray(leftover, dtype=np.float64)
+        if (array.ndim != 2 or not 1 <= array.shape[0] <= horizon or array.shape[1] != dof
+                or not np.isfinite(array).all()):
+            raise ValueError(
+                f'observation[{RTC_LEFTOVER_KEY!r}] must be finite (R, {dof}) robot actions with '
+                f'1 <= R <= {horizon}, got shape {array.shape}; omit it to sample without RTC.')
+        delay = observation.get(RTC_DELAY_KEY, 0)
+        if isinstance(delay, bool) or not isinstance(delay, (int, np.integer)) or delay < 0:
+            raise ValueError(
+                f'observation[{RTC_DELAY_KEY!r}] must be a non-negative number of chunk steps, '
+                f'got {delay!r}.')
+        # Never freeze more than what is left of the previous chunk (d <= s <= H - d).
+        delay = min(int(delay), array.shape[0])
+        target = torch.from_numpy(self.pipeline.to_model_actions(array, inputs)).to(self.device)
+        return ChunkPrior.from_leftover(target, delay=delay, horizon=horizon,
+                                        schedule=self.rtc_schedule,
+                                        max_weight=self.rtc_max_guidance_weight)
 
     def _to_batch(self, inputs: Sequence[ModelInputs]) -> dict[str, torch.Tensor]:
         """Stack the model inputs along a batch axis and move them to the device."""
