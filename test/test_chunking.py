@@ -47,9 +47,9 @@ def run_at(executor: chunking.ChunkExecutor, start: float, ticks: range) -> list
 # -- configuration and registry ------------------------------------------------------------------
 
 def test_registry_lists_strategies_and_builds_each():
-    assert chunking.available_strategies() == ('async', 'ensemble', 'sync')
+    assert chunking.available_strategies() == ('async', 'ensemble', 'rtc', 'sync')
     for name, cls in (('sync', chunking.SyncExecutor), ('async', chunking.AsyncExecutor),
-                      ('ensemble', chunking.EnsembleExecutor)):
+                      ('ensemble', chunking.EnsembleExecutor), ('rtc', chunking.RtcExecutor)):
         executor = make_executor(ExecutionConfig(strategy=name))
         assert type(executor) is cls and executor.name == name
 
@@ -59,7 +59,7 @@ def test_unknown_strategy_lists_available_and_suggests():
         ExecutionConfig(strategy='asnyc')
     message = str(info.value)
     assert "'asnyc'" in message
-    assert 'available: async, ensemble, sync' in message
+    assert 'available: async, ensemble, rtc, sync' in message
     assert "Did you mean 'async'?" in message
 
 
@@ -519,3 +519,44 @@ def test_async_and_ensemble_count_chunks_older_than_max_chunk_age():
         assert executor.next_action(2.6) is None  # expired while executing
         stats = executor.stats
         assert (stats.chunks_discarded, stats.chunks_too_old) == (1, 2), strategy
+
+
+# -- Real-Time Chunking ---------------------------------------------------------------------------
+
+def test_rtc_requests_after_execute_steps_and_hands_over_the_leftover():
+    """Inference starts after s actions; the request carries the leftover from obs_time, d, s."""
+    config = ExecutionConfig(strategy='rtc', execute_steps=20, horizon=HORIZON,
+                             latency_skip_first=0, latency_margin_ticks=0)
+    executor = make_executor(config)
+    assert executor.request_extras(tick(0)) == {}  # no chunk yet: plain inference
+    assert executor.needs_inference(tick(0))
+    executor.add_chunk(ramp(0.0), tick(0), 1)
+    run(executor, range(3, 19))  # delay 3 ticks; executed indices 3..18
+    assert not executor.needs_inference(tick(19))  # index 19 next: fewer than s done
+    run(executor, range(19, 20))
+    assert executor.needs_inference(tick(20))  # s = 20 actions done
+    extras = executor.request_extras(tick(20))
+    np.testing.assert_array_equal(extras[chunking.RTC_LEFTOVER_KEY], ramp(0.0)[20:])
+    assert extras[chunking.RTC_DELAY_KEY] == 3 and extras[chunking.RTC_EXECUTE_KEY] == 20
+    # The new chunk arrives d = 3 ticks later and is executed from its index d.
+    run(executor, range(20, 23))
+    executor.add_chunk(ramp(100.0), tick(20), 2)
+    assert run(executor, range(23, 25)) == [103.0, 104.0]
+    assert executor.delay_problem(HORIZON) is None
+
+
+def test_rtc_config_and_delay_problem_messages():
+    """s < H is checked on construction; a delay estimate breaking d <= s <= H - d is reported."""
+    with pytest.raises(ValueError, match=r'execute_steps=50 \(the RTC execution horizon s\) '
+                                         'must be below horizon=50'):
+        ExecutionConfig(strategy='rtc', execute_steps=50, horizon=50)
+    executor = make_executor(ExecutionConfig(strategy='rtc', execute_steps=5, horizon=HORIZON,
+                                             latency_skip_first=0))
+    executor.add_chunk(ramp(0.0), tick(0), 1)
+    run(executor, range(10, 11))  # delay 10 ticks > s = 5
+    assert executor.delay_problem(HORIZON) == (
+        'RTC needs d <= s <= H - d, but the estimated inference delay is d=10 chunk steps with '
+        'execute_steps s=5 and horizon H=50: set execute_steps to a value in [10, 40].')
+    executor.add_chunk(ramp(0.0), tick(1), 2)
+    run(executor, range(30, 31))  # delay 29 ticks > H / 2
+    assert 'too slow for RTC' in executor.delay_problem(HORIZON)

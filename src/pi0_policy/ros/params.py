@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pi0_policy.model.rtc import DEFAULT_MAX_GUIDANCE_WEIGHT, SCHEDULES as RTC_SCHEDULES
 from pi0_policy.runtime.chunking import available_strategies
 from pi0_policy.runtime.config import (
     BACKEND_INPROCESS, BACKENDS, DTYPES, ExecutionConfig, NodeConfig, PolicyLoadConfig,
@@ -121,14 +122,25 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('max_instruction_chars', 2000, 'Longest instruction accepted (characters); longer '
               'ones are rejected with a diagnostic.', range=(1, 1_000_000)),
     ParamSpec('strategy', 'async', 'Chunk execution: sync (execute execute_steps actions, then '
-              'infer), async (infer while executing, latency-aware) or ensemble (ACT temporal '
-              'ensembling).', choices=STRATEGIES),
+              'infer), async (infer while executing, latency-aware), ensemble (ACT temporal '
+              'ensembling) or rtc (Real-Time Chunking: async, inference every execute_steps '
+              'actions, guided by the unexecuted rest of the current chunk).',
+              choices=STRATEGIES),
     ParamSpec('control_rate_hz', 50.0, 'Rate of the control loop and of the commands (Hz); the '
               "chunk's actions are spaced at the robot config's control_rate_hz and sampled "
               'with linear interpolation when the rates differ.',
               range=(1.0, 1000.0)),
     ParamSpec('execute_steps', 25, 'sync: actions executed from each chunk before the robot '
-              'holds and the next inference starts.', range=(1, 10_000)),
+              'holds and the next inference starts. rtc: the execution horizon s, actions '
+              'executed from each chunk before the next inference starts (needs d <= s <= H - d '
+              'for the inference delay d, in chunk steps).', range=(1, 10_000)),
+    ParamSpec('rtc_schedule', RTC_SCHEDULES[0], 'rtc: soft mask over the previous chunk '
+              '(exp, linear, ones, zeros = hard mask of the first d actions).',
+              choices=RTC_SCHEDULES),
+    ParamSpec('rtc_max_guidance_weight', DEFAULT_MAX_GUIDANCE_WEIGHT, 'rtc: clip beta of the '
+              'guidance weight (0 disables guidance).', range=(0.0, 1000.0)),
+    ParamSpec('inference_delay_s', 0.0, 'Benchmarking: seconds added to every inference, to '
+              'compare chunk strategies under latency. 0 in normal runs.', range=(0.0, 60.0)),
     ParamSpec('request_remaining', 25, 'async: request the next inference once at most this many '
               'actions are left in the current chunk.', range=(0, 10_000)),
     ParamSpec('ensemble_coefficient', 0.01, 'ensemble: ACT weight coefficient m in '
@@ -213,6 +225,9 @@ def node_config_from_values(values: Mapping[str, Any]) -> NodeConfig:
             action_mode=v['action_mode'], tokenizer=v['tokenizer'] or None,
             seed=v['seed'], backend=v['policy_backend'], url=v['policy_url'] or None,
             api_key=v['policy_api_key'] or None, request_timeout=v['policy_timeout'],
+            rtc_schedule=v['rtc_schedule'],
+            rtc_max_guidance_weight=v['rtc_max_guidance_weight'],
+            inference_delay_s=v['inference_delay_s'],
             torch_threads=v['torch_threads'], inference_niceness=v['inference_niceness']),
         execution=ExecutionConfig(
             strategy=v['strategy'], control_rate_hz=v['control_rate_hz'],

@@ -162,7 +162,8 @@ class PolicyNode(LifecycleNode):
             adapter, inputs, buffer, self._policy, executor, safety, self._status,
             max_age=cfg.max_age, instruction=cfg.prompt, enabled=cfg.enabled_at_start,
             clock=self._now, decode=decode_image, publish=self._publish,
-            publish_chunk=self._publish_chunk, on_state_change=self._publish_status)
+            publish_chunk=self._publish_chunk, on_state_change=self._publish_status,
+            inference_delay_s=cfg.policy.inference_delay_s)
         self._create_io(cfg)
 
     def _keep(self, entity):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import math
 import re
 
+from pi0_policy.model.rtc import DEFAULT_MAX_GUIDANCE_WEIGHT, SCHEDULES as RTC_SCHEDULES
 from pi0_policy.runtime.pipeline import ACTION_MODE_ROBOT, ACTION_MODES
 
 # Torch dtypes the policy can run in (pi0_policy.runtime.policy.DTYPES).
@@ -187,6 +188,12 @@ class PolicyLoadConfig:
     api_key: str | None = None
     # remote/subprocess: seconds one inference request may take before it is abandoned.
     request_timeout: float = 10.0
+    # RTC soft-mask schedule over the previous chunk's leftover (model.rtc.SCHEDULES).
+    rtc_schedule: str = RTC_SCHEDULES[0]
+    # RTC guidance clip beta (0 disables guidance: RTC then runs as async).
+    rtc_max_guidance_weight: float = DEFAULT_MAX_GUIDANCE_WEIGHT
+    # Seconds added to every inference (benchmarking chunk strategies under latency).
+    inference_delay_s: float = 0.0
 
     def __post_init__(self) -> None:
         """Validate the fields."""
@@ -209,6 +216,12 @@ class PolicyLoadConfig:
                  'actions)')
         _require(self.asset_id is None or bool(self.asset_id.strip()), 'asset_id',
                  self.asset_id, "None (the robot config's norm_stats_asset_id) or an asset id")
+        _require(self.rtc_schedule in RTC_SCHEDULES, 'rtc_schedule', self.rtc_schedule,
+                 f'one of {list(RTC_SCHEDULES)}')
+        _require(self.rtc_max_guidance_weight >= 0, 'rtc_max_guidance_weight',
+                 self.rtc_max_guidance_weight, 'a number >= 0')
+        _require(self.inference_delay_s >= 0, 'inference_delay_s', self.inference_delay_s,
+                 'a number of seconds >= 0')
 
 
 @dataclass(frozen=True)

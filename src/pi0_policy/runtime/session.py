@@ -10,6 +10,8 @@ state change is reported. Pure Python (no rclpy).
 """
 
 from collections.abc import Callable
+import logging
+import time
 
 from embodiment_adapters import EmbodimentAdapter
 import numpy as np
@@ -20,6 +22,8 @@ from pi0_policy.runtime.inputs import (
 from pi0_policy.runtime.policy import Pi0Policy, PolicyResult, TIME_TOTAL
 from pi0_policy.runtime.safety import HoldReason, SafetyFilter
 from pi0_policy.runtime.status import NodeState, StatusReporter
+
+_LOG = logging.getLogger(__name__)
 
 DISABLED_DETAIL = 'enable with the ~/enable service'
 WAITING_DETAIL = 'waiting for the next chunk'
@@ -34,7 +38,7 @@ class Session:
                  instruction: str, enabled: bool, clock: Callable[[], float],
                  decode: ImageDecoder, publish: Callable[[np.ndarray | None], None],
                  publish_chunk: Callable[[PolicyResult, float, str, int], None],
-                 on_state_change: Callable[[], None]) -> None:
+                 on_state_change: Callable[[], None], inference_delay_s: float = 0.0) -> None:
         """
         Wrap the configured parts; nothing runs until ``tick`` / ``infer_once`` are called.
 
@@ -54,6 +58,8 @@ class Session:
             publish: Sends a (D,) command in robot units; None sends only a zero base twist.
             publish_chunk: Publishes (result, observation time, instruction, sequence).
             on_state_change: Called after the state changed (publishes the status).
+            inference_delay_s: Seconds added to every inference (benchmarking chunk
+                strategies under latency; 0 in normal runs).
 
         """
         self.adapter, self.inputs, self.buffer, self.policy = adapter, inputs, buffer, policy
@@ -62,6 +68,11 @@ class Session:
         self._clock, self._decode = clock, decode
         self._publish, self._publish_chunk = publish, publish_chunk
         self._on_state_change = on_state_change
+        self.inference_delay_s = inference_delay_s
+        # RTC: whether a policy that ignored the guidance keys was reported (warned once).
+        self._rtc_unsupported_reported = False
+        # RTC: the last reported breach of d <= s <= H - d (logged when it changes).
+        self._rtc_problem: str | None = None
         self.sequence = 0
         # commanded: a policy action was sent since the last enable/activate (holds may follow).
         self.in_flight = self.reset_pending = self.commanded = False
@@ -170,7 +181,19 @@ class Session:
             except InputError as error:
                 self.buffer.reject(error.spec.name, error.reason)
                 raise
-            result = self.policy.infer(observation)
+            # RTC: the current chunk's leftover, delay and execution horizon travel as extra keys.
+            extras = self.executor.request_extras(obs_time)
+            result = self.policy.infer({**observation, **extras} if extras else observation)
+            if self.inference_delay_s > 0:
+                time.sleep(self.inference_delay_s)
+            if extras and getattr(result, 'rtc_delay', None) is None:
+                self._report_rtc_unsupported()
+            delay_problem = getattr(self.executor, 'delay_problem', None)
+            if delay_problem is not None:
+                problem = delay_problem(len(result.actions))
+                if problem is not None and problem != self._rtc_problem:
+                    _LOG.warning(problem)
+                self._rtc_problem = problem
             if not self.executor.add_chunk(result.actions, obs_time, self.sequence + 1):
                 return  # not newer than a queued chunk: never executed, so not published
             self.sequence += 1
@@ -179,6 +202,14 @@ class Session:
             self._publish_chunk(result, obs_time, instruction, self.sequence)
         finally:
             self.in_flight = False
+
+    def _report_rtc_unsupported(self) -> None:
+        """Warn once that the policy answered without RTC guidance (runs as async then)."""
+        if not self._rtc_unsupported_reported:
+            self._rtc_unsupported_reported = True
+            _LOG.warning('strategy rtc: the policy answered without RTC guidance (a server or '
+                         'policy that does not know the rtc_* request keys); chunks are executed '
+                         'as with the async strategy.')
 
     def inference_failed(self, error: Exception) -> str:
         """Count a failed inference, drop the plan; return the message to report."""

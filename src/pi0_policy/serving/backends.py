@@ -63,4 +63,5 @@ def load_backend(policy: PolicyLoadConfig, adapter: EmbodimentAdapter, *, robot:
     return Pi0Policy.from_checkpoint(
         policy.checkpoint, adapter, device=policy.device, dtype=policy.dtype,
         num_steps=policy.num_steps, asset_id=policy.asset_id, seed=policy.seed,
-        action_mode=policy.action_mode, tokenizer_path=policy.tokenizer)
+        action_mode=policy.action_mode, tokenizer_path=policy.tokenizer,
+        rtc_schedule=policy.rtc_schedule, rtc_max_guidance_weight=policy.rtc_max_guidance_weight)
