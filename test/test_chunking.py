@@ -546,7 +546,7 @@ def test_rtc_requests_after_execute_steps_and_hands_over_the_leftover():
 
 
 def test_rtc_config_and_delay_problem_messages():
-    """s < H is checked on construction; a delay estimate breaking d <= s <= H - d is reported."""
+    """The check s < H on construction; a delay estimate breaking d <= s <= H - d is reported."""
     with pytest.raises(ValueError, match=r'execute_steps=50 \(the RTC execution horizon s\) '
                                          'must be below horizon=50'):
         ExecutionConfig(strategy='rtc', execute_steps=50, horizon=50)

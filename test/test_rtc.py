@@ -69,7 +69,7 @@ def test_guided_velocity_with_closed_form_jacobian():
 
 
 def test_zero_mask_or_zero_beta_is_plain_sampling_bit_for_bit():
-    """d = 0 with W = 0, or beta = 0, gives exactly the unguided velocity and sample."""
+    """A zero delay with W = 0, or beta = 0, gives exactly the unguided velocity and sample."""
     cfg = small_config()
     model = make_model(cfg)
     x = make_inputs(cfg)
