@@ -33,6 +33,7 @@ setup(
             'pi0_policy_node = pi0_policy.ros.policy_node:main',
             'aloha_sim_node = pi0_policy.ros.sim.sim_node:main',
             'pi0_sim_demo = pi0_policy.ros.sim.demo:main',
+            'pi0_recorder = pi0_policy.ros.recorder_node:main',
         ],
     },
 )

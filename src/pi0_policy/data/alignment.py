@@ -26,6 +26,10 @@ import math
 from typing import Any
 
 
+# Slack on the flush horizon so that a tick exactly at the last sample's time is decided (s).
+FLUSH_EPS_S = 1e-9
+
+
 class StreamKind(enum.Enum):
     """How a stream matches a tick."""
 
@@ -95,6 +99,10 @@ class AlignmentReport:
     late: dict[str, int] = dataclasses.field(default_factory=dict)
     # Hold stream -> frames that reused an earlier command.
     held: dict[str, int] = dataclasses.field(default_factory=dict)
+    # Frames matched but not assembled (e.g. a joint missing); the episode is refused.
+    invalid_frames: int = 0
+    # The last assembly error.
+    last_error: str = ''
 
     @property
     def drop_fraction(self) -> float:
@@ -105,6 +113,7 @@ class AlignmentReport:
     def as_columns(self) -> dict[str, int]:
         """Return the counts as flat scalars (episode-table columns)."""
         out = {'frames': self.frames, 'dropped_frames': self.dropped_frames,
+               'invalid_frames': self.invalid_frames,
                'warmup_ticks': self.warmup_ticks, 'late_messages': sum(self.late.values())}
         out.update({f'dropped/{k}': v for k, v in self.dropped.items()})
         out.update({f'late/{k}': v for k, v in self.late.items()})
@@ -115,7 +124,9 @@ class AlignmentReport:
         """Return a one-line human summary."""
         def nonzero(counts: Mapping[str, int]) -> dict[str, int]:
             return {k: v for k, v in counts.items() if v}
-        return (f'{self.frames} frames, {self.dropped_frames} dropped '
+        invalid = f', {self.invalid_frames} invalid ({self.last_error})' \
+            if self.invalid_frames else ''
+        return (f'{self.frames} frames{invalid}, {self.dropped_frames} dropped '
                 f'({100 * self.drop_fraction:.1f}%) {nonzero(self.dropped)}, late messages '
                 f'{nonzero(self.late)}, held commands {nonzero(self.held)}')
 
@@ -197,7 +208,9 @@ class FrameAligner:
         lasts = [self._last_time(s) for s in sensors]
         if any(t is None for t in lasts):
             return self._decide_until(-math.inf)
-        return self._decide_until(min(lasts) + self.config.tolerance_s)
+        # Up to the earliest last sample: later ticks could still have been matched by data
+        # that never came, so the episode ends there rather than with counted drops.
+        return self._decide_until(min(lasts) + FLUSH_EPS_S)
 
     # ------------------------------------------------------------------------------ internals
     def _tick(self, k: int) -> float:

@@ -22,6 +22,7 @@ from pi0_policy.data import messages
 from pi0_policy.data.alignment import AlignedFrame, AlignmentConfig, FrameAligner, StreamKind
 from pi0_policy.data.layout import DatasetSpec
 from pi0_policy.data.writer import DatasetWriter, EpisodeWriter, SavedEpisode
+from pi0_policy.runtime.inputs import merge_joint_states
 
 _LOG = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def robot_streams(adapter: Any, cameras: Sequence[str] | None = None) -> tuple[S
 
     Args:
         adapter: The robot's ``EmbodimentAdapter``.
-        cameras: Camera names to record; None: every camera of the config.
+        cameras: Camera names to record; None: the cameras that feed a model slot.
 
     Returns:
         Camera, joint-state and command streams.
@@ -71,7 +72,8 @@ def robot_streams(adapter: Any, cameras: Sequence[str] | None = None) -> tuple[S
         raise ValueError(f'Robot {adapter.name!r} puts the base velocity in the state; '
                          'recording odometry into the state is not supported yet.')
     known = [c.name for c in adapter.cameras]
-    chosen = known if cameras is None else list(cameras)
+    chosen = ([c.name for c in adapter.cameras if c.model_slot is not None] if cameras is None
+              else list(cameras))
     unknown = sorted(set(chosen) - set(known))
     if unknown:
         raise ValueError(f'Unknown cameras {unknown}; robot {adapter.name!r} has {known}.')
@@ -112,7 +114,7 @@ class RecordingSession:
             root: Dataset folder (new, or an existing dataset of the same robot to extend).
             adapter: The robot's ``EmbodimentAdapter``.
             config: Alignment rate and tolerances (``config.fps`` is the dataset rate).
-            cameras: Cameras to record (None: all of the robot config).
+            cameras: Cameras to record (None: those that feed a model slot).
             video_codec: PyAV encoder of the videos.
             max_drop_fraction: Largest share of dropped ticks an episode may have to be saved.
 
@@ -132,6 +134,7 @@ class RecordingSession:
         self._episode: EpisodeWriter | None = None
         self._aligner: FrameAligner | None = None
         self._task = ''
+        self._closing = None
         if (self.root / 'meta' / 'info.json').is_file():
             self._writer = DatasetWriter(self.root)
             self._check_dataset(self._writer.spec)
@@ -197,11 +200,17 @@ class RecordingSession:
         if self._aligner is None:
             raise RuntimeError('No episode is being recorded; start one first.')
         aligner, self._aligner = self._aligner, None
+        self._closing = aligner.report
         self._write(aligner.flush())
         report = aligner.report
         episode, self._episode = self._episode, None
         if episode is None:
             _LOG.warning('Episode had no complete frame (%s); nothing saved.', report.summary())
+            return None, report
+        if report.invalid_frames:
+            episode.discard()
+            _LOG.warning('Episode discarded: %d frames could not be assembled (%s).',
+                         report.invalid_frames, report.last_error)
             return None, report
         if report.drop_fraction > self.max_drop_fraction:
             episode.discard()
@@ -221,7 +230,13 @@ class RecordingSession:
     # ------------------------------------------------------------------------------ internals
     def _write(self, frames: Sequence[AlignedFrame]) -> int:
         for frame in frames:
-            state, action, images = self.frame_arrays(frame.values)
+            try:
+                state, action, images = self.frame_arrays(frame.values)
+            except ValueError as e:  # e.g. a joint missing from the joint states
+                report = self._report_of_open()
+                report.invalid_frames += 1
+                report.last_error = str(e)
+                continue
             if self._episode is None:
                 if self._writer is None:
                     self._writer = DatasetWriter(self.root, self._spec(images))
@@ -232,7 +247,7 @@ class RecordingSession:
     def frame_arrays(self, values: Mapping[str, Any]
                      ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Turn one aligned frame's stream values into (state, action, images)."""
-        images, joints, command = {}, {}, {}
+        images, joints, command = {}, [], {}
         for stream in self.streams:
             value = values[stream.name]
             if stream.name.startswith('camera/'):
@@ -240,14 +255,17 @@ class RecordingSession:
             elif stream.kind is StreamKind.HOLD:
                 command.update(zip(*value))
             else:
-                joints.update(zip(*value))
-        state = self.adapter.state_from_joint_states(list(joints), list(joints.values()))
+                joints.append(value)
+        state = self.adapter.state_from_joint_states(*merge_joint_states(joints))
         missing = [n for n in self.adapter.action_names if n not in command]
         if missing:
             raise ValueError(f'The command topics carry no value for {missing}; check the '
                              'commands of the robot config.')
         action = np.array([command[n] for n in self.adapter.action_names])
         return state, action, images
+
+    def _report_of_open(self) -> Any:
+        return self._aligner.report if self._aligner is not None else self._closing
 
     def _spec(self, images: Mapping[str, np.ndarray]) -> DatasetSpec:
         return DatasetSpec(fps=self.config.fps, robot_type=self.adapter.name,

@@ -97,7 +97,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='largest |sample - frame| time (default: half a period)')
     parser.add_argument('--hold-timeout-s', type=float, default=1.0,
                         help='oldest command still in effect (s)')
-    parser.add_argument('--cameras', nargs='+', help='cameras to record (default: all)')
+    parser.add_argument('--cameras', nargs='+',
+                        help='cameras to record (default: those feeding the model)')
     parser.add_argument('--vcodec', default='libx264', choices=('libx264', 'libsvtav1'))
     parser.add_argument('--max-drop-fraction', type=float, default=DEFAULT_MAX_DROP_FRACTION,
                         help='refuse an episode with a larger share of dropped frames')
