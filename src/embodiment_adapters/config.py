@@ -17,6 +17,7 @@ loaded as a file. Every field is checked on load; errors name the file, the fiel
 what was expected and what to do. The YAML schema is documented in ``config/robots/README.md``.
 """
 
+import dataclasses
 import difflib
 import enum
 import math
@@ -53,6 +54,7 @@ _TOP_KEYS = {
     'name': False, 'embodiment': True, 'description': False, 'control_rate_hz': True,
     'norm_stats_asset_id': False, 'adapt_to_pi': False, 'unified_gripper': False,
     'joint_state_topics': True, 'joints': True, 'base': False, 'cameras': True, 'commands': True,
+    'start_pose': False,
 }
 _JOINT_KEYS = {
     'name': True, 'slot': True, 'lower': True, 'upper': True, 'max_velocity': True,
@@ -226,7 +228,25 @@ def parse_robot_config(data: Any, *, source: str = '<memory>', name: str | None 
         description=str(top.get('description', '')),
     )
     _check_consistency(r, config)
+    if top.get('start_pose') is not None:  # after the joint names are known to be unique
+        config = dataclasses.replace(
+            config, start_pose=_parse_start_pose(r, top['start_pose'], joints))
     return config
+
+
+def _parse_start_pose(r: _Reader, value: Any, joints: tuple[JointSpec, ...]) -> tuple[float, ...]:
+    """Read ``start_pose: {joint name: position}``: every joint once, within its limits."""
+    names = [j.name for j in joints]
+    pose = r.mapping(value, 'start_pose', {name: True for name in names})
+    out = []
+    for j in joints:
+        field = f'start_pose.{j.name}'
+        position = r.number(pose[j.name], field)
+        if not j.lower <= position <= j.upper:
+            raise r.fail(field, position, f'a position within the joint limits [{j.lower}, '
+                         f'{j.upper}]', 'Fix the start pose or the joint limits.')
+        out.append(position)
+    return tuple(out)
 
 
 def _parse_joint(r: _Reader, value: Any, field: str) -> JointSpec:

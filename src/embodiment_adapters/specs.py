@@ -197,3 +197,6 @@ class RobotConfig:
     unified_gripper_closed: float = UNIFIED_GRIPPER_CLOSED
     # Free text for people.
     description: str = ''
+    # Joint positions to move to before a run (robot units, one per entry of `joints`, in that
+    # order), e.g. openpi's ALOHA reset pose; None when the config gives none.
+    start_pose: tuple[float, ...] | None = None
