@@ -1,8 +1,10 @@
 """Tests of the ROS message conversions (messages built by hand, no Node)."""
 
 import math
+import struct
 import sys
 import threading
+import zlib
 
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticStatus
@@ -388,3 +390,32 @@ def test_rate_meter_survives_concurrent_ticks_and_reads():
     meter.tick(5.0)
     meter.tick(5.005)
     assert meter.rate(5.005) == pytest.approx(2 / 0.01)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    body = kind + data
+    return struct.pack('>I', len(data)) + body + struct.pack('>I', zlib.crc32(body))
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """Return a tiny PNG whose header claims width x height (RGB, 8 bit)."""
+    ihdr = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)
+    return (b'\x89PNG\r\n\x1a\n' + _png_chunk(b'IHDR', ihdr)
+            + _png_chunk(b'IDAT', zlib.compress(b'')) + _png_chunk(b'IEND', b''))
+
+
+def test_image_size_is_bounded_before_decoding():
+    bomb = CompressedImage(format='png', data=_png_header(10_000, 9_000))  # 90 megapixels
+    assert conversions.compressed_size(bomb) == (10_000, 9_000)
+    with pytest.raises(ValueError, match=r'10000x9000 = 90.0 megapixels; expected at most 16.8'):
+        conversions.compressed_to_rgb(bomb, max_pixels=4096 * 4096)
+    spec = inputs.InputSpec("camera 'cam'", inputs.InputKind.COMPRESSED_IMAGE, '/cam')
+    with pytest.raises(inputs.InputError, match='max_image_pixels'):
+        observation.check_message(spec, bomb, max_pixels=4096 * 4096)
+    raw = conversions.rgb_to_image(RGB)
+    height, width = RGB.shape[:2]
+    conversions.validate_image(raw, max_pixels=height * width)  # exactly at the bound
+    with pytest.raises(ValueError, match='megapixels'):
+        conversions.validate_image(raw, max_pixels=height * width - 1)
+    small = conversions.rgb_to_compressed(RGB, fmt='png')
+    assert conversions.compressed_to_rgb(small, max_pixels=height * width).shape == RGB.shape

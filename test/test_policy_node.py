@@ -16,10 +16,12 @@ import sys
 import threading
 import time
 
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from embodiment_adapters import load_robot_config, make_adapter
 from embodiment_adapters.config import CommandType, find_robot_config
 from geometry_msgs.msg import Twist, TwistStamped
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState
 import numpy as np
 from pi0_msgs.msg import ActionChunk, PolicyStatus
 from pi0_msgs.srv import SetInstruction
@@ -28,6 +30,7 @@ from pi0_policy.ros import conversions, visualization
 from pi0_policy.ros.policy_node import GIL_SWITCH_INTERVAL, PolicyNode
 from pi0_policy.ros.sim.synthetic_robot import SyntheticRobot
 import pytest
+from rcl_interfaces.srv import SetParameters
 import rclpy
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
@@ -42,13 +45,14 @@ import yaml
 SUCCESS = TransitionCallbackReturn.SUCCESS
 FAILURE = TransitionCallbackReturn.FAILURE
 RATE_HZ = 50.0
-RATE_TOLERANCE_HZ = 2.0
+RATE_MEDIAN_REL = 0.25  # the median gap between commands is within 25 % of the period
 MEASURE_S = 2.0  # window of the rate measurement
 TIMEOUT_S = 20.0  # generous: the 2-core CI machine is shared
-HOLD_WITHIN_S = 0.1  # a stale camera must cause a hold this soon after max_age is exceeded
 LIMIT_TOLERANCE = 1e-9
 SWITCH_INTERVAL_S = GIL_SWITCH_INTERVAL  # as policy_node.main() sets it
-SHUTDOWN_S = 5.0  # a node process must exit this soon after SIGINT
+# A node process must exit this soon after SIGINT (generous: an inference in progress on a
+# loaded machine is joined first; the final commands go out before that).
+SHUTDOWN_S = TIMEOUT_S
 SPIN_PERIOD_S = 0.05  # longest wait of one spin_once of the test executor
 SRC = pathlib.Path(__file__).resolve().parents[1] / 'src'
 _COUNTER = itertools.count()
@@ -107,6 +111,8 @@ class Harness:
         self.executor.add_node(self.node)
         self.executor.add_node(self.robot)
         self._stop = threading.Event()
+        self.errors: list[Exception] = []  # raised by the executor (callbacks, I/O teardown)
+        self.node_name = node_name
         self.thread = threading.Thread(target=self._spin)
         self.thread.start()
 
@@ -114,7 +120,10 @@ class Harness:
         # A stop flag, not executor.shutdown() from another thread: that races with a spin in
         # progress (rclpy destroys the executor's guard condition under it).
         while not self._stop.is_set():
-            self.executor.spin_once(timeout_sec=SPIN_PERIOD_S)
+            try:
+                self.executor.spin_once(timeout_sec=SPIN_PERIOD_S)
+            except Exception as error:  # noqa: B902 - recorded: a test fails on any
+                self.errors.append(error)
 
     def start(self) -> None:
         assert self.node.trigger_configure() == SUCCESS
@@ -195,9 +204,10 @@ def test_commands_flow_at_the_control_rate_with_the_right_joints(make_harness, r
     time.sleep(MEASURE_S)
     for spec in harness.adapter.commands:
         received = harness.robot.received(spec.topic, start)
-        span = received[-1].time - received[0].time
-        rate = (len(received) - 1) / span
-        assert abs(rate - RATE_HZ) <= RATE_TOLERANCE_HZ, f'{spec.topic}: {rate:.2f} Hz'
+        # The median gap is robust to a loaded machine (a stall makes a few long gaps and
+        # short ones after it); the precise rate is measured by benchmarks/node_benchmark.py.
+        gap = float(np.median(np.diff([r.time for r in received])))
+        assert gap == pytest.approx(1.0 / RATE_HZ, rel=RATE_MEDIAN_REL), f'{spec.topic}: {gap} s'
         msg = received[-1].message
         if spec.type == CommandType.JOINT_TRAJECTORY:
             assert msg.joint_names == list(spec.joint_names or spec.names)
@@ -260,22 +270,47 @@ def test_a_camera_that_stops_makes_the_robot_hold(make_harness):
     harness.robot.cameras_on[camera] = False
     time.sleep(0.05)
     last_frame = harness.robot.camera_times[camera]
+    last_stamp = conversions.to_seconds(harness.robot.images[camera].header.stamp)
     hold = wait_for(lambda: next((s for s in harness.statuses if s.time > last_frame and
                                   s.message.state == PolicyStatus.STATE_HOLDING), None))
     assert f"camera '{camera}'" in hold.message.detail
-    assert hold.time - last_frame <= 0.1 + HOLD_WITHIN_S
-    time.sleep(0.3)
+    time.sleep(ramp_time(harness) + 0.3)
+    # Every base command stamped (node clock) once the camera was older than max_age is a
+    # hold: the base never speeds up again. An ordering check: no bound on the machine's speed.
+    base = next(spec for spec in harness.adapter.commands
+                if spec.type == CommandType.TWIST_STAMPED)
+    late = [command_values(r.message) for r in harness.robot.received(base.topic, last_frame)
+            if conversions.to_seconds(r.message.header.stamp) > last_stamp + 0.1 + 1 / RATE_HZ]
+    assert late, 'no base command after the camera went stale'
+    assert_ramps_to_zero(harness, late)
     after = hold.time + 1.0 / RATE_HZ  # commands published after the hold began
     for spec in harness.adapter.commands:
         values = [command_values(r.message) for r in harness.robot.received(spec.topic, after)]
         assert len(values) >= 3
-        assert all(v == values[0] for v in values), f'{spec.topic} moved while holding'
         if spec.type == CommandType.TWIST_STAMPED:
-            assert values[0] == [0.0] * 6
+            assert_ramps_to_zero(harness, values)
+        else:
+            assert all(v == values[0] for v in values), f'{spec.topic} moved while holding'
     harness.robot.cameras_on[camera] = True
     resumed = time.monotonic()
     wait_for(lambda: any(s.time > resumed and s.message.state == PolicyStatus.STATE_RUNNING
                          for s in harness.statuses))
+
+
+def ramp_time(harness: Harness) -> float:
+    """Return the longest time (s) the base needs to slow from its top speed to rest."""
+    base = harness.adapter.is_velocity
+    adapter = harness.adapter
+    return float(np.max(adapter.max_velocity[base] / adapter.max_acceleration[base], initial=0.0))
+
+
+def assert_ramps_to_zero(harness: Harness, twists: list[list[float]]) -> None:
+    """Check that base twists slow down within the acceleration limits and end at rest."""
+    speeds = np.abs(np.array(twists))  # (N, 6)
+    limit = float(np.max(harness.adapter.max_acceleration[harness.adapter.is_velocity]))
+    assert np.all(np.diff(speeds, axis=0) <= LIMIT_TOLERANCE), 'the base sped up while holding'
+    assert np.all(-np.diff(speeds, axis=0) <= limit / RATE_HZ + LIMIT_TOLERANCE)
+    assert twists[-1] == [0.0] * 6
 
 
 def _wrong_encoding(msg: Image) -> Image:
@@ -363,8 +398,13 @@ def test_lifecycle_transitions_and_the_enable_switch(make_harness):
     assert harness.node.trigger_activate() == SUCCESS
     assert harness.call(harness.enable, SetBool.Request(data=True)).success
     harness.wait_running()
+    # Positive control of the check above: the same recorders do receive the commands.
+    wait_for(lambda: all(harness.robot.received(topic) for topic in topics))
     assert harness.node.trigger_deactivate() == SUCCESS and harness.state() == 'inactive'
-    time.sleep(0.1)  # the final hold command sent on deactivation may still be in flight
+    # The loop is stopped and the command publishers are off: nothing can be sent any more.
+    assert harness.node._control_timer is None
+    assert not any(p.is_activated for p in harness.node._command_pubs)
+    time.sleep(0.3)  # the final hold command sent on deactivation may still be in flight
     stopped = time.monotonic()
     time.sleep(0.3)
     assert all(harness.robot.received(topic, stopped) == [] for topic in topics)
@@ -403,6 +443,8 @@ def test_enabling_with_stale_joint_states_commands_no_old_pose(make_harness):
     assert all(harness.robot.received(topic) == [] for topic in position_topics(harness))
     harness.robot.joint_override = None
     harness.wait_running()
+    # Positive control: with fresh joint states the same recorders receive commands.
+    wait_for(lambda: all(harness.robot.received(t) for t in position_topics(harness)))
 
 
 def test_a_nan_in_an_unused_joint_does_not_stop_the_robot(make_harness):
@@ -436,11 +478,12 @@ def test_an_inference_failure_holds_with_a_zero_base_velocity(make_harness):
                                   'inference failure' in s.message.detail), None))
     assert 'non-finite positions' in hold.message.detail and used in hold.message.detail
     assert harness.node._status.failures >= 1
-    time.sleep(0.2)
+    time.sleep(ramp_time(harness) + 0.2)
     base = next(spec for spec in harness.adapter.commands
                 if spec.type in (CommandType.TWIST, CommandType.TWIST_STAMPED))
     after = harness.robot.received(base.topic, hold.time + 1.0 / RATE_HZ)
-    assert after and all(command_values(r.message) == [0.0] * 6 for r in after)
+    assert after
+    assert_ramps_to_zero(harness, [command_values(r.message) for r in after])
     assert_within_limits(harness)
     harness.robot.joint_override = None
     resumed = time.monotonic()
@@ -462,7 +505,7 @@ def test_a_bad_topic_fails_configure_and_a_fixed_config_configures(make_harness,
     pathlib.Path(path).write_text(good)
     harness.start()
     harness.wait_running()
-    expected = subscriptions + len(harness.node._inputs) + 1  # inputs + ~/instruction
+    expected = subscriptions + len(harness.node._inputs)  # ~/instruction lives with the node
     assert len(list(harness.node.subscriptions)) == expected
 
 
@@ -480,16 +523,27 @@ def test_a_failure_after_loading_the_model_releases_it(make_harness, capfd):
     harness.wait_running()
 
 
-@pytest.mark.parametrize('overrides', [
-    {'robot': 'no_such_robot'},
-    {'checkpoint': '/no/such/checkpoint'},
-    {'strategy': 'fastest'},
-    {'device': 'gpu'},
+@pytest.mark.parametrize('overrides, reason', [
+    ({'robot': 'no_such_robot'}, 'no_such_robot'),
+    ({'checkpoint': '/no/such/checkpoint'}, '/no/such/checkpoint'),
+    ({'strategy': 'fastest'}, "'strategy' is 'fastest'; expected one of"),
+    ({'device': 'gpu'}, "'device' is 'gpu'"),
 ])
-def test_a_bad_config_fails_configure_and_stays_unconfigured(make_harness, overrides):
+def test_a_bad_config_fails_configure_and_reports_the_reason(make_harness, overrides, reason):
     harness = make_harness(**overrides)
+    start = time.monotonic()
     assert harness.node.trigger_configure() == FAILURE
     assert harness.state() == 'unconfigured'
+    # ~/status and /diagnostics still report the node, with the reason (not only the log).
+    status = wait_for(lambda: next((s.message for s in harness.statuses if s.time > start
+                                    and reason in s.message.detail), None))
+    assert status.state == PolicyStatus.STATE_UNCONFIGURED
+    assert status.detail.startswith('configure failed: ')
+    summary = wait_for(lambda: next((d.message.status[0] for d in harness.diagnostics
+                                     if d.time > start and reason in d.message.status[0].message
+                                     and harness.node_name in d.message.status[0].name), None))
+    assert summary.level == DiagnosticStatus.ERROR
+    assert not harness.errors
 
 
 def test_limits_hold_for_every_command_of_a_running_robot(make_harness):
@@ -503,16 +557,20 @@ def test_limits_hold_for_every_command_of_a_running_robot(make_harness):
     assert np.isfinite(actions).all()
 
 
-def test_sigint_stops_the_node_process_cleanly(tmp_path):
-    """Ctrl-C on a commanding node: exit code 0 within SHUTDOWN_S, no traceback, no hang."""
-    path = prefixed_robot_yaml('mock', f'/sigint{os.getpid()}', tmp_path)
+@pytest.mark.parametrize('stop_signal', [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_the_robot_then_the_process(tmp_path, stop_signal):
+    """Ctrl-C / SIGTERM: final hold and a base ramped to zero velocity, then exit code 0."""
+    prefix = f'/sig{os.getpid()}_{int(stop_signal)}'
+    path = prefixed_robot_yaml('mobile_manipulator', prefix, tmp_path)
     adapter = make_adapter(load_robot_config(path))
-    topic = adapter.commands[0].topic
+    base = next(spec.topic for spec in adapter.commands
+                if spec.type == CommandType.TWIST_STAMPED)
+    arm = adapter.commands[0].topic
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(SRC)] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
     stderr_path = tmp_path / 'node.stderr'
     rclpy.init()
-    robot = SyntheticRobot(adapter, name=f'sigint_robot_{os.getpid()}')
+    robot = SyntheticRobot(adapter, name=f'signal_robot_{os.getpid()}')
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(robot)
     spinner = threading.Thread(target=executor.spin)
@@ -523,14 +581,18 @@ def test_sigint_stops_the_node_process_cleanly(tmp_path):
              '-p', f'robot:={path}', '-p', 'autostart:=true', '-p', 'torch_threads:=1'],
             stdout=subprocess.DEVNULL, stderr=stderr, env=env)
     try:
-        wait_for(lambda: robot.received(topic) or process.poll() is not None)
+        # Wait until the base moves: the stop must then bring it to rest.
+        wait_for(lambda: any(any(command_values(r.message)) for r in robot.received(base))
+                 or process.poll() is not None)
         assert process.poll() is None, f'node exited early:\n{stderr_path.read_text()}'
-        process.send_signal(signal.SIGINT)
+        signalled = time.monotonic()
+        process.send_signal(stop_signal)
         try:
             code = process.wait(timeout=SHUTDOWN_S)
         except subprocess.TimeoutExpired:
-            pytest.fail(f'node still running {SHUTDOWN_S} s after SIGINT:\n'
+            pytest.fail(f'node still running {SHUTDOWN_S} s after {stop_signal!r}:\n'
                         f'{stderr_path.read_text()}')
+        time.sleep(0.2)  # the last messages may still be in flight
     finally:
         if process.poll() is None:
             process.kill()
@@ -542,3 +604,162 @@ def test_sigint_stops_the_node_process_cleanly(tmp_path):
     errors = stderr_path.read_text()
     assert code == 0, errors
     assert 'Traceback' not in errors and 'terminate called' not in errors, errors
+    assert 'final hold command was not sent' not in errors, errors
+    twists = robot.received(base)
+    assert twists[-1].time > signalled and command_values(twists[-1].message) == [0.0] * 6
+    after = [command_values(r.message) for r in twists if r.time > signalled]
+    speeds = np.abs(np.array(after))
+    accel = float(np.max(adapter.max_acceleration[adapter.is_velocity]))
+    assert np.all(np.diff(speeds, axis=0) <= LIMIT_TOLERANCE)  # only slowing down
+    assert np.all(-np.diff(speeds, axis=0) <= accel / RATE_HZ + LIMIT_TOLERANCE)
+    holds = [command_values(r.message) for r in robot.received(arm) if r.time > signalled]
+    assert holds and all(h == holds[-1] for h in holds[-3:])  # the arm holds its position
+
+
+def set_parameters(harness: Harness, **values) -> list:
+    """Set parameters through the node's real parameter service; return the results."""
+    client = harness.robot.create_client(SetParameters, f'{harness.node_name}/set_parameters')
+    try:
+        request = SetParameters.Request(parameters=[
+            Parameter(name, value=value).to_parameter_msg() for name, value in values.items()])
+        return list(harness.call(client, request).results)
+    finally:
+        harness.robot.destroy_client(client)
+
+
+def test_parameters_are_live_or_refused_with_a_reason(make_harness):
+    harness = make_harness('mobile_manipulator')
+    (result,) = set_parameters(harness, strategy='bogus')
+    assert not result.successful and "'strategy' is 'bogus'; expected one of" in result.reason
+    (result,) = set_parameters(harness, robot='franka')
+    assert not result.successful and 'read-only' in result.reason
+    (result,) = set_parameters(harness, strategy='sync')  # unconfigured: taken at configure
+    assert result.successful
+    harness.start()
+    harness.wait_running()
+    node = harness.node
+    assert node._ctl.executor.config.strategy == 'sync'
+    (result,) = set_parameters(harness, strategy='async')
+    assert not result.successful and 'cannot change while the node is configured' in result.reason
+    assert node.get_parameter('strategy').value == 'sync'
+    (result,) = set_parameters(harness, velocity_scale=5.0)
+    assert not result.successful  # out of range: refused by the descriptor
+    scaled = harness.adapter.max_velocity * 0.25
+    assert set_parameters(harness, velocity_scale=0.25)[0].successful
+    assert node._ctl.safety.config.max_velocity == pytest.approx(tuple(scaled))
+    assert set_parameters(harness, max_age=0.05, execute_steps=5, num_steps=3)[0].successful
+    assert node._ctl.buffer.max_age == 0.05 and node._ctl.status.max_age == 0.05
+    assert node._ctl.executor.config.execute_steps == 5 and node._policy.num_steps == 3
+    horizon = node._policy.action_horizon
+    (result,) = set_parameters(harness, execute_steps=horizon + 1)
+    assert not result.successful and 'exceeds' in result.reason
+    assert node._ctl.executor.config.execute_steps == 5
+    (result,) = set_parameters(harness, prompt='   ')
+    assert not result.successful and 'is empty' in result.reason
+    assert set_parameters(harness, prompt='fold the towel')[0].successful
+    wait_for(lambda: harness.chunks[-1].message.instruction == 'fold the towel')
+    assert set_parameters(harness, base_frame_id='odom')[0].successful
+    base = next(spec for spec in harness.adapter.commands
+                if spec.type == CommandType.TWIST_STAMPED)
+    since = time.monotonic()
+    wait_for(lambda: any(r.message.header.frame_id == 'odom'
+                         for r in harness.robot.received(base.topic, since)))
+    descriptions = {name: node.describe_parameter(name).description
+                    for name in ('robot', 'strategy', 'velocity_scale')}
+    assert descriptions['robot'].endswith('[read-only: set at start-up (YAML or --ros-args -p)]')
+    assert 'takes effect at configure' in descriptions['strategy']
+    assert 'live: validated when set and applied at once' in descriptions['velocity_scale']
+    assert not harness.errors
+
+
+def change_state(harness: Harness, client, *, transition_id: int = 0, label: str = '') -> bool:
+    request = ChangeState.Request(transition=Transition(id=transition_id, label=label))
+    return harness.call(client, request).success
+
+
+def test_invalid_lifecycle_requests_fail_and_the_node_keeps_running(make_harness):
+    harness = make_harness()
+    client = harness.robot.create_client(ChangeState, f'{harness.node_name}/change_state')
+    for transition_id, label in ((Transition.TRANSITION_ACTIVATE, ''), (99, ''),
+                                 (0, 'activate'), (0, 'no_such_transition')):
+        assert not change_state(harness, client, transition_id=transition_id, label=label)
+        assert harness.state() == 'unconfigured'
+    assert change_state(harness, client, transition_id=Transition.TRANSITION_CONFIGURE)
+    assert not change_state(harness, client, transition_id=Transition.TRANSITION_CONFIGURE)
+    assert change_state(harness, client, transition_id=Transition.TRANSITION_ACTIVATE)
+    assert not change_state(harness, client, transition_id=Transition.TRANSITION_CONFIGURE)
+    assert not change_state(harness, client, transition_id=Transition.TRANSITION_CLEANUP)
+    assert harness.state() == 'active'
+    harness.wait_running()  # still commanding
+    assert not harness.errors and harness.thread.is_alive()
+
+
+def test_cleanup_and_shutdown_under_input_load_are_race_free(make_harness, capfd):
+    harness = make_harness()
+    camera = harness.adapter.cameras[0]
+    flood = harness.robot.create_publisher(Image, camera.topic, 10)
+    joint_topic = harness.adapter.joint_state_topics[0].topic
+    joints = harness.robot.create_publisher(JointState, joint_topic, 10)
+    names, positions = list(harness.robot.positions), list(harness.robot.positions.values())
+    stop = threading.Event()
+
+    def publish():
+        while not stop.is_set():
+            image = harness.robot.images[camera.name]
+            flood.publish(image)
+            joints.publish(JointState(header=image.header, name=names, position=positions))
+            time.sleep(0.001)
+    flooder = threading.Thread(target=publish)
+    flooder.start()
+    try:
+        for _ in range(4):
+            assert harness.node.trigger_configure() == SUCCESS
+            assert harness.node.trigger_activate() == SUCCESS
+            time.sleep(0.1)
+            assert harness.node.trigger_deactivate() == SUCCESS
+            assert harness.node.trigger_cleanup() == SUCCESS
+        harness.start()
+        time.sleep(0.1)
+        assert harness.node.trigger_shutdown() == SUCCESS
+        time.sleep(0.3)  # inputs keep arriving after the shutdown
+    finally:
+        stop.set()
+        flooder.join()
+    assert harness.state() == 'finalized'
+    assert not harness.errors, harness.errors
+    err = capfd.readouterr().err
+    assert 'InvalidHandle' not in err and 'Destroyable' not in err, err
+
+
+def test_a_future_stamped_input_goes_stale_and_is_reported(make_harness):
+    harness = make_harness(max_age=0.1)
+    harness.start()
+    harness.wait_running()
+
+    def future(topic: str, msg: JointState) -> JointState:
+        msg.header.stamp.sec += 30  # a computer whose clock runs 30 s ahead
+        return msg
+    harness.robot.joint_override = future
+    start = time.monotonic()
+    skewed = wait_for(lambda: next((s for d in harness.diagnostics if d.time > start
+                                    for s in d.message.status
+                                    if 'ahead of the node clock' in s.message), None))
+    assert skewed.level == DiagnosticStatus.WARN and 'joint states' in skewed.name
+    count = len(harness.chunks)
+    wait_for(lambda: len(harness.chunks) > count)  # fresh by arrival: the robot still runs
+    timer = next(t for t in harness.robot.timers if t.callback == harness.robot._publish_joints)
+    timer.cancel()  # the joint states go silent; their last stamp lies 30 s in the future
+    silent = time.monotonic()
+    hold = wait_for(lambda: next((s.message for s in harness.statuses if s.time > silent and
+                                  s.message.state == PolicyStatus.STATE_HOLDING), None))
+    assert 'joint states' in hold.detail and 'stale input' in hold.detail
+
+
+def test_a_long_instruction_is_accepted_with_a_truncation_note(make_harness):
+    harness = make_harness()
+    harness.start()
+    long = ' '.join(f'step{i}' for i in range(80))
+    response = harness.call(harness.set_instruction, SetInstruction.Request(instruction=long))
+    assert response.success and 'truncated' in response.message
+    assert 'the model reads the first 48' in response.message
+    wait_for(lambda: harness.chunks and harness.chunks[-1].message.instruction == long)

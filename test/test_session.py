@@ -1,15 +1,19 @@
 """Unit tests of the run's status bookkeeping (StatusReporter) and tick logic (Session), no ROS."""
 
+import threading
+
 from embodiment_adapters import load_robot_config, make_adapter
 from embodiment_adapters.config import find_robot_config
 import numpy as np
 from pi0_policy.runtime.chunking import make_executor
-from pi0_policy.runtime.config import ExecutionConfig
+from pi0_policy.runtime.config import (
+    ExecutionConfig, NodeConfig, PolicyLoadConfig, ReportingConfig)
 from pi0_policy.runtime.inputs import (
     input_specs, InputError, InputKind, ObservationBuffer, required_names)
 from pi0_policy.runtime.policy import Pi0Policy
 from pi0_policy.runtime.safety import HoldReason, SafetyConfig, SafetyFilter
-from pi0_policy.runtime.session import DISABLED_DETAIL, Session
+from pi0_policy.runtime.session import (
+    DISABLED_DETAIL, live_execution, safety_config, Session)
 from pi0_policy.runtime.status import NodeState, StatusReporter
 import pytest
 
@@ -94,14 +98,13 @@ def test_tick_failure_and_inference_failure_are_counted(parts):
     status = parts[-1]
     assert status.state == NodeState.ERROR and status.tick_errors == 1
     assert status.last_error == "control tick failed: ValueError('bad')"
-    assert controller.reset_pending and published == [None]
-    controller.reset_pending = False
-    message = controller.inference_failed(RuntimeError('oom'))
-    assert message == 'inference failed: oom' == controller.fault
-    assert status.failures == 1 and controller.reset_pending
+    assert controller.epoch == 1 and published == [None]  # the plan was dropped
+    message = controller.inference_failed(ValueError('state has NaN'))
+    assert message == 'inference failed: state has NaN' == controller.fault
+    assert status.failures == 1 and controller.epoch == 2 and not controller.fatal
     controller.set_enabled(False)
-    assert controller.enabled is False and controller.reset_pending
-    assert controller.final_command() is None  # nothing was commanded
+    assert controller.enabled is False and controller.epoch == 3
+    assert controller.stop_commands() == [None]  # nothing was commanded: zero base only
 
 
 # ----- the running path with the real tiny policy -------------------------------------------
@@ -228,3 +231,131 @@ def test_disable_holds_once_and_enable_starts_from_a_new_chunk(parts, policy):
     run.session.infer_once()
     run.step()
     assert run.status.state == NodeState.RUNNING and run.session.sequence == 2
+
+
+def test_an_unrecoverable_inference_failure_is_an_error(parts, policy):
+    run = Run(parts, policy)
+    run.feed()
+    run.session.tick()
+    run.session.infer_once()
+    run.step()
+    message = run.session.inference_failed(RuntimeError('CUDA error: out of memory'))
+    assert run.session.fatal and 'cannot recover from it by itself' in message
+    last = run.published[-1]
+    run.step()
+    assert run.status.state == NodeState.ERROR and np.array_equal(run.published[-1], last)
+    run.session.infer_once()  # a chunk again: the fault is over
+    run.step()
+    assert run.status.state == NodeState.RUNNING and not run.session.fatal
+
+
+def node_config(*, max_age=MAX_AGE, velocity_scale=1.0, prompt='pick', num_steps=NUM_STEPS,
+                **execution):
+    """Return a NodeConfig of the mock robot (the ROS node builds it from its parameters)."""
+    return NodeConfig(
+        robot='mock', prompt=prompt, max_instruction_chars=2000, max_age=max_age,
+        enabled_at_start=True, base_frame_id='base_link', odom_topic='/odom',
+        velocity_scale=velocity_scale,
+        policy=PolicyLoadConfig(checkpoint=None, device='cpu', dtype='float32',
+                                num_steps=num_steps, asset_id=None, seed=0, torch_threads=1),
+        execution=ExecutionConfig(**execution),
+        reporting=ReportingConfig(status_rate_hz=1.0, diagnostics_rate_hz=1.0,
+                                  latency_window=10, preview=False, preview_frame='base_link'))
+
+
+class TogglingPolicy:
+    """The real policy, with a disable and re-enable arriving while it infers."""
+
+    def __init__(self, policy):
+        self.policy, self.session = policy, None
+
+    def infer(self, observation):
+        result = self.policy.infer(observation)
+        self.session.set_enabled(False)
+        self.session.set_enabled(True)
+        return result
+
+
+def test_reenabling_never_executes_a_chunk_planned_before_the_disable(parts, policy):
+    toggling = TogglingPolicy(policy)
+    run = Run(parts, toggling)
+    toggling.session = run.session
+    run.feed()
+    run.session.tick()
+    run.session.infer_once()  # observed before the disable: must be dropped
+    assert run.chunks == [] and run.executor.progress.sequence < 1
+    run.step()
+    assert run.status.state == NodeState.WAITING  # held, asked again
+    assert np.allclose(run.published[-1], run.positions)
+    # Ticks racing with enable/disable from another thread never execute an old plan either.
+    run.session.policy = policy
+    run.session.infer_once()
+    stop = threading.Event()
+
+    def toggle():
+        while not stop.is_set():
+            run.session.set_enabled(False)
+            run.session.set_enabled(True)
+    thread = threading.Thread(target=toggle)
+    thread.start()
+    try:
+        for _ in range(200):
+            run.step()
+            assert run.status.state != NodeState.RUNNING
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_set_instruction_notes_truncation(parts, policy):
+    run = Run(parts, policy)
+    assert run.session.set_instruction('  pick up the cube ', 100) == ''
+    assert run.session.instruction == 'pick up the cube'
+    long = ' '.join(f'word{i}' for i in range(60))
+    note = run.session.set_instruction(long, 10_000)
+    assert 'truncated' in note and 'first 48' in note and run.session.instruction == long
+    with pytest.raises(ValueError, match='is empty'):
+        run.session.set_instruction('   ', 100)
+    assert run.session.instruction == long
+
+
+def test_live_settings_apply_to_the_running_session(parts, policy):
+    run = Run(parts, policy)
+    config = node_config()
+    faster = node_config(max_age=0.05, velocity_scale=0.5, prompt='place', request_remaining=7,
+                         num_steps=3)
+    run.session.check_config(faster, config)
+    assert run.session.apply_config(faster, config) == ''
+    assert run.buffer.max_age == 0.05 and run.status.max_age == 0.05
+    assert run.safety.config.max_velocity == pytest.approx(
+        tuple(np.array(run.adapter.max_velocity) * 0.5))
+    assert run.executor.config.request_remaining == 7 and policy.num_steps == 3
+    assert run.session.instruction == 'place'
+    policy.num_steps = NUM_STEPS
+    # A tunable that does not fit the running executor is refused before anything changes.
+    horizon = policy.action_horizon
+    running = ExecutionConfig(strategy='sync', horizon=horizon, execute_steps=horizon)
+    with pytest.raises(ValueError, match='exceeds'):
+        live_execution(running, ExecutionConfig(execute_steps=horizon + 1))
+    with pytest.raises(ValueError, match='is empty'):
+        run.session.check_config(node_config(prompt=' '), config)
+
+
+def test_a_stop_ramps_the_base_down_within_its_acceleration():
+    adapter = make_adapter(load_robot_config(find_robot_config('mobile_manipulator')))
+    dt = 0.02
+    safety = SafetyFilter(safety_config(adapter, 1.0, dt))
+    velocity = np.flatnonzero(adapter.is_velocity)
+    accel = adapter.max_acceleration[velocity]
+    assert np.all(np.isfinite(accel))
+    start = np.zeros(adapter.dof)
+    target = start.copy()
+    target[velocity] = adapter.max_velocity[velocity]
+    commands = [safety.filter(target, start)[0] for _ in range(100)]
+    steps = np.diff(np.array([start] + commands)[:, velocity], axis=0)
+    assert np.all(steps <= accel * dt + 1e-9)  # speeding up within the limit
+    assert np.allclose(commands[-1][velocity], adapter.max_velocity[velocity])
+    held = [safety.hold(HoldReason.NO_ACTION)[0] for _ in range(100)]
+    slowing = np.diff(np.array([commands[-1]] + held)[:, velocity], axis=0)
+    assert np.all(-slowing <= accel * dt + 1e-9)  # slowing down within the limit too
+    assert np.all(held[-1][velocity] == 0.0) and safety.stopped

@@ -14,6 +14,7 @@ Conventions (per robot config, see config/robots/README.md):
 """
 
 from collections.abc import Mapping, Sequence
+import math
 from typing import Any, ClassVar
 
 from embodiment_adapters.config import (
@@ -130,6 +131,9 @@ class EmbodimentAdapter:
         self.max_velocity = np.array([j.max_velocity for j in joints]
                                      + [b.max_velocity for b in base])  # (D,)
         self.is_velocity = np.array([False] * len(joints) + [True] * len(base))  # (D,)
+        # Base dims: max change of the velocity command per second; joints: none (inf).
+        self.max_acceleration = np.array([math.inf] * len(joints)
+                                         + [b.max_acceleration for b in base])  # (D,)
         self.cameras: tuple[CameraSpec, ...] = config.cameras
         self.commands: tuple[CommandSpec, ...] = config.commands
         self.joint_state_topics: tuple[JointStateTopic, ...] = config.joint_state_topics

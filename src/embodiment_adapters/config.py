@@ -66,7 +66,8 @@ _GRIPPER_KEYS = {
 }
 _UNIFIED_GRIPPER_KEYS = {'open_value': True, 'closed_value': True}
 _BASE_KEYS = {'in_state': False, 'dims': True}
-_BASE_DIM_KEYS = {'name': True, 'slot': True, 'axis': True, 'max_velocity': True}
+_BASE_DIM_KEYS = {'name': True, 'slot': True, 'axis': True, 'max_velocity': True,
+                  'max_acceleration': False}
 _CAMERA_KEYS = {
     'name': True, 'topic': True, 'model_slot': True, 'compressed': False, 'required': False,
     'height': False, 'width': False,
@@ -322,6 +323,8 @@ def _parse_base_dim(r: _Reader, value: Any, field: str) -> BaseDimSpec:
         slot=slot,
         axis=r.choice(d['axis'], f'{field}.axis', BaseAxis),
         max_velocity=r.number(d['max_velocity'], f'{field}.max_velocity', positive=True),
+        max_acceleration=r.number(d['max_acceleration'], f'{field}.max_acceleration',
+                                  positive=True) if 'max_acceleration' in d else math.inf,
     )
 
 

@@ -115,6 +115,9 @@ class BaseDimSpec:
     axis: BaseAxis
     # Symmetric velocity limit (m/s or rad/s).
     max_velocity: float
+    # Largest change of the commanded velocity per second (m/s^2 or rad/s^2), speeding up and
+    # slowing down alike (nav2 velocity_smoother / ros2_control limiter semantics); inf: none.
+    max_acceleration: float = float('inf')
 
 
 @dataclass(frozen=True)

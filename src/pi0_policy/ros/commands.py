@@ -59,7 +59,8 @@ class CommandRouter:
         self._axes = tuple(tuple(axes.get(name, '') for name in spec.names)
                            for spec in self._specs)
         self._period = control_period
-        self._frame_id = base_frame_id
+        # frame_id of TwistStamped commands (may change while running).
+        self.frame_id = base_frame_id
 
     @property
     def specs(self) -> tuple[CommandSpec, ...]:
@@ -90,7 +91,7 @@ class CommandRouter:
                 values = np.zeros(len(index)) if command is None else command[index]
                 out.append(conversions.twist(axes, values) if spec.type == CommandType.TWIST
                            else conversions.twist_stamped(axes, values, stamp=stamp,
-                                                          frame_id=self._frame_id))
+                                                          frame_id=self.frame_id))
             elif command is None:
                 out.append(None)
             elif spec.type == CommandType.JOINT_TRAJECTORY:

@@ -104,12 +104,28 @@ def check_topic_name(topic: str, what: str, *, node_name: str, namespace: str) -
     return full
 
 
-def validate_image(msg: Image) -> None:
+def check_pixels(width: int, height: int, max_pixels: int | None, what: str) -> None:
+    """
+    Raise when an image of ``width`` x ``height`` has more than ``max_pixels`` pixels.
+
+    Raises:
+        ValueError: Too many pixels; the message names the size and the limit.
+
+    """
+    if max_pixels is not None and width * height > max_pixels:
+        raise ValueError(
+            f'{what} is {width}x{height} = {width * height / 1e6:.1f} megapixels; expected at '
+            f'most {max_pixels / 1e6:.1f} (max_image_pixels). Lower the camera resolution or '
+            'raise max_image_pixels; the image was not decoded.')
+
+
+def validate_image(msg: Image, *, max_pixels: int | None = None) -> None:
     """
     Check a raw ``sensor_msgs/Image`` without decoding it.
 
     Args:
         msg: The image message.
+        max_pixels: Most pixels accepted (None: no bound).
 
     Raises:
         ValueError: The encoding is not one of ``ENCODING_CHANNELS``, the size is zero, ``step``
@@ -123,6 +139,7 @@ def validate_image(msg: Image) -> None:
             'or subscribe to its compressed topic.')
     if msg.height == 0 or msg.width == 0:
         raise ValueError(f'Image size is {msg.width}x{msg.height}; expected a non-empty image.')
+    check_pixels(msg.width, msg.height, max_pixels, 'Image')
     row_bytes = msg.width * ENCODING_CHANNELS[msg.encoding]
     if msg.step < row_bytes:
         raise ValueError(
@@ -265,25 +282,47 @@ def _compressed_kind(msg: CompressedImage) -> str:
                      'PNG (image_transport "compressed"). Use a jpeg/png compressed topic.')
 
 
-def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
+def compressed_size(msg: CompressedImage) -> tuple[int, int]:
     """
-    Decode a JPEG or PNG ``sensor_msgs/CompressedImage`` into an RGB array.
-
-    Args:
-        msg: The compressed image message.
-
-    Returns:
-        The image, (H, W, 3) uint8.
+    Return (width, height) of a JPEG or PNG ``CompressedImage`` from its header, not decoding it.
 
     Raises:
-        ValueError: The format is not JPEG/PNG or the data does not decode.
+        ValueError: The format is not JPEG/PNG or the header does not parse.
 
     """
     kind = _compressed_kind(msg)
     try:
         with PilImage.open(io.BytesIO(bytes(msg.data)), formats=[kind]) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError, PilImage.DecompressionBombError) as error:
+        raise ValueError(f'CompressedImage ({msg.format!r}, {len(msg.data)} bytes) does not '
+                         f'decode as {kind} (no valid header): {error}. Check the camera driver '
+                         'output.') from error
+
+
+def compressed_to_rgb(msg: CompressedImage, *, max_pixels: int | None = None) -> np.ndarray:
+    """
+    Decode a JPEG or PNG ``sensor_msgs/CompressedImage`` into an RGB array.
+
+    Args:
+        msg: The compressed image message.
+        max_pixels: Most pixels accepted, checked from the header before decoding (None: no
+            bound beyond Pillow's own decompression-bomb limit).
+
+    Returns:
+        The image, (H, W, 3) uint8.
+
+    Raises:
+        ValueError: The format is not JPEG/PNG, the image is larger than ``max_pixels`` or the
+            data does not decode.
+
+    """
+    kind = _compressed_kind(msg)
+    check_pixels(*compressed_size(msg), max_pixels, f'CompressedImage ({kind})')
+    try:
+        with PilImage.open(io.BytesIO(bytes(msg.data)), formats=[kind]) as image:
             rgb = np.asarray(image.convert('RGB'))
-    except (OSError, SyntaxError, ValueError) as error:
+    except (OSError, SyntaxError, ValueError, PilImage.DecompressionBombError) as error:
         raise ValueError(f'CompressedImage ({msg.format!r}, {len(msg.data)} bytes) does not '
                          f'decode as {kind}: {error}. Check the camera driver output.') from error
     return np.ascontiguousarray(rgb)

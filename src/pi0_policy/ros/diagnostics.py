@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from pi0_msgs.msg import PolicyStatus
-from pi0_policy.runtime.inputs import NEVER_RECEIVED
+from pi0_policy.runtime.inputs import CLOCK_SKEW_WARN_S, NEVER_RECEIVED
 from pi0_policy.runtime.status import NodeState, StatusSnapshot
 from pi0_policy.serving.client import BackendHealth
 from std_msgs.msg import Header
@@ -62,8 +62,11 @@ def diagnostic_array(snapshot: StatusSnapshot, stamp: Time, node_name: str) -> D
         whose further statuses report each input (STALE if never received or too old).
 
     """
+    level = _LEVELS.get(snapshot.state, DiagnosticStatus.OK)
+    if snapshot.state == NodeState.UNCONFIGURED and snapshot.last_error:
+        level = DiagnosticStatus.ERROR  # a failed configure: a person has to fix the config
     summary = DiagnosticStatus(
-        level=_LEVELS.get(snapshot.state, DiagnosticStatus.OK), name=f'{node_name}: policy',
+        level=level, name=f'{node_name}: policy',
         message=f'{snapshot.state.name}: {snapshot.detail}' if snapshot.detail
         else snapshot.state.name, hardware_id=HARDWARE_ID)
     summary.values = _values([
@@ -82,15 +85,21 @@ def diagnostic_array(snapshot: StatusSnapshot, stamp: Time, node_name: str) -> D
         ('tick_errors', snapshot.tick_errors),
         ('last_error', snapshot.last_error)])
     statuses = [summary]
-    for name, age in zip(snapshot.input_names, snapshot.input_ages):
+    skews = snapshot.input_skews or (0.0,) * len(snapshot.input_names)
+    for name, age, skew in zip(snapshot.input_names, snapshot.input_ages, skews):
         never = age == NEVER_RECEIVED
         stale = never or age > snapshot.max_age
-        status = DiagnosticStatus(
-            level=DiagnosticStatus.STALE if stale else DiagnosticStatus.OK,
-            name=f'{node_name}: input {name}', hardware_id=HARDWARE_ID,
-            message='never received' if never else
-            f'{age:.3f} s old (max_age {snapshot.max_age:.3f} s)')
-        status.values = _values([('age_s', float(age))])
+        message = ('never received' if never else
+                   f'{age:.3f} s old (max_age {snapshot.max_age:.3f} s)')
+        level = DiagnosticStatus.STALE if stale else DiagnosticStatus.OK
+        if abs(skew) > CLOCK_SKEW_WARN_S:
+            level = max(level, DiagnosticStatus.WARN)
+            message += (f'; header stamp {abs(skew):.3f} s '
+                        f"{'ahead of' if skew > 0 else 'behind'} the node clock at arrival "
+                        '(clock skew? synchronise the clocks, e.g. with chrony)')
+        status = DiagnosticStatus(level=level, name=f'{node_name}: input {name}',
+                                  hardware_id=HARDWARE_ID, message=message)
+        status.values = _values([('age_s', float(age)), ('stamp_skew_s', float(skew))])
         statuses.append(status)
     return DiagnosticArray(header=Header(stamp=stamp), status=statuses)
 

@@ -43,7 +43,7 @@ def check_topics(adapter: Any, specs: Sequence[InputSpec], *, node_name: str,
         conversions.check_topic_name(topic, what, node_name=node_name, namespace=namespace)
 
 
-def check_message(spec: InputSpec, message: Any) -> Any:
+def check_message(spec: InputSpec, message: Any, *, max_pixels: int | None = None) -> Any:
     """
     Validate a message cheaply in its callback and return what the buffer stores.
 
@@ -56,9 +56,11 @@ def check_message(spec: InputSpec, message: Any) -> Any:
     """
     try:
         if spec.kind == InputKind.IMAGE:
-            conversions.validate_image(message)
+            conversions.validate_image(message, max_pixels=max_pixels)
             return message
         if spec.kind == InputKind.COMPRESSED_IMAGE:
+            conversions.check_pixels(*conversions.compressed_size(message), max_pixels,
+                                     'CompressedImage')
             return message
         if spec.kind == InputKind.JOINT_STATES:
             return conversions.joint_state_to_arrays(message, prefix=spec.key)
@@ -67,11 +69,12 @@ def check_message(spec: InputSpec, message: Any) -> Any:
         raise InputError(spec, str(error)) from error
 
 
-def decode_image(spec: InputSpec, message: Any) -> np.ndarray:
+def decode_image(spec: InputSpec, message: Any, *, max_pixels: int | None = None
+                 ) -> np.ndarray:
     """Decode a stored camera message into (H, W, 3) uint8."""
     try:
         if spec.kind == InputKind.COMPRESSED_IMAGE:
-            return conversions.compressed_to_rgb(message)
+            return conversions.compressed_to_rgb(message, max_pixels=max_pixels)
         return conversions.image_to_rgb(message)
     except ValueError as error:
         raise InputError(spec, str(error)) from error

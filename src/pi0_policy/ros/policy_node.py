@@ -2,37 +2,44 @@
 The pi0 policy as a managed (lifecycle) ROS 2 node: cameras + joint states in, commands out.
 
 Transitions: configure reads the parameters once, loads the robot config and the policy and
-warms it up (a bad config gives FAILURE with the reason logged, and everything configure had
-created is released); activate starts the control loop and the inference thread; deactivate
-stops them, then a node that was commanding holds its last command while a disabled one sends
-no position command (bases get a zero twist either way); cleanup frees the model. Commands flow
-only while enabled (``~/enable``).
+warms it up (a bad config gives FAILURE; the reason is logged and reported on ``~/status`` and
+``/diagnostics``, and everything configure had created is released); activate starts the control
+loop and the inference thread; deactivate stops them, then a node that was commanding holds its
+last command while a disabled one sends no position command (bases ramp to a zero twist either
+way); cleanup frees the model. Commands flow only while enabled (``~/enable``). A change_state
+request for a transition invalid in the current state is answered with failure (``lifecycle``).
+
+Parameters (``params``): read-only ones are fixed at start-up, configure-time ones can be set
+only while unconfigured, live ones are validated when set and applied at once.
 
 Threads: the control loop (``ControlLoop``) has its own thread and only takes the next action
 from the chunk executor, filters it and publishes (a tick that raises gives a hold and the ERROR
-state; the loop keeps running); subscriptions, services and reporting share one callback group;
-inference runs in ``InferenceWorker``'s thread. The tick and inference logic is ``Session``'s,
-the status bookkeeping ``StatusReporter``'s (both pure, in runtime/); this node wires
-them to ROS.
+state; the loop keeps running); subscriptions, services and reporting share one callback group
+and take ``_io_lock``, under which configure's I/O is also destroyed (no callback runs on a
+destroyed publisher); inference runs in ``InferenceWorker``'s thread. The tick and inference
+logic is ``Session``'s, the status bookkeeping ``StatusReporter``'s (both pure, in runtime/);
+this node wires them to ROS. Reporting (``~/status``, ``/diagnostics``, ``~/enable``,
+``~/set_instruction``) lives as long as the node, so a failed configure is still reported.
 
-Shutdown (Ctrl-C, SIGTERM, or the shutdown transition): ``close()`` stops the control timer, waits
+Shutdown (Ctrl-C, SIGTERM, or the shutdown transition): ``close()`` stops the control loop, waits
 for a tick in progress, joins the inference thread (a thread still running torch at interpreter
-exit aborts the process) and sends a final hold only while the ROS context can still deliver it.
-rclpy's signal handler shuts the context down before ``main`` regains control, so after Ctrl-C no
-final command is sent: joint controllers keep their last (safe) target and a base stops at its
-command timeout.
+exit aborts the process) and sends the final commands: the held positions while the base ramps
+down within its acceleration limits, then a zero base velocity. ``main`` installs its own signal
+handlers, so this happens before the ROS context goes away.
 """
 
 from dataclasses import replace
 import sys
 import threading
+import time
 import traceback
 
 from diagnostic_msgs.msg import DiagnosticArray
 from embodiment_adapters import load_robot_config, make_adapter, unified
+import numpy as np
 from pi0_msgs.msg import ActionChunk, PolicyStatus
 from pi0_msgs.srv import SetInstruction
-from pi0_policy.ros import conversions, diagnostics, params, visualization
+from pi0_policy.ros import conversions, diagnostics, lifecycle, params, visualization
 from pi0_policy.ros.commands import CommandRouter
 from pi0_policy.ros.control_loop import ControlLoop
 from pi0_policy.ros.observation import (
@@ -41,25 +48,25 @@ from pi0_policy.ros.worker import InferenceWorker
 from pi0_policy.runtime.chunking import make_executor
 from pi0_policy.runtime.config import NodeConfig
 from pi0_policy.runtime.inputs import (
-    input_specs, InputError, InputSpec, ObservationBuffer, required_names)
-from pi0_policy.runtime.safety import SafetyConfig, SafetyFilter
-from pi0_policy.runtime.session import Session
+    CLOCK_SKEW_WARN_S, input_specs, InputError, InputSpec, ObservationBuffer, required_names)
+from pi0_policy.runtime.safety import SafetyFilter
+from pi0_policy.runtime.session import safety_config, Session
 from pi0_policy.runtime.status import NodeState, StatusReporter, StatusSnapshot
 from pi0_policy.serving.backends import load_backend
 from pi0_policy.serving.client import PolicyBackend
+from rcl_interfaces.msg import SetParametersResult
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.exceptions import NameValidationException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import (
     LifecycleNode, LifecyclePublisher, LifecycleState, TransitionCallbackReturn)
 from rclpy.logging import get_logger
-from rclpy.publisher import Publisher
+from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
-from rclpy.service import Service
+from rclpy.signals import SignalHandlerOptions
 from rclpy.subscription import Subscription
-from rclpy.timer import Timer
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
@@ -73,22 +80,30 @@ EXECUTOR_THREADS = 3
 GIL_SWITCH_INTERVAL = 0.0005  # seconds
 SHUTDOWN_LOGGER = f'{NODE_NAME}.shutdown'  # console-only logger used once ROS is shut down
 LOG_PERIOD_S = 1.0  # seconds between repeated warnings of one kind
+NANOSECONDS = 1_000_000_000
 # Errors of a bad configuration (parameters, robot YAML, checkpoint, device): configure FAILURE.
 CONFIGURE_ERRORS = (ValueError, TypeError, OSError, RuntimeError, NameValidationException)
-# How configure's entities are destroyed; LifecyclePublisher first (it is also a Publisher).
+# Longest base ramp-down sent at shutdown before the final zero velocity (seconds).
+STOP_RAMP_MAX_S = 2.0
+# Configure's subscriptions and publishers get no QoS-event handlers: rclpy adds those to the
+# executor as waitables, and destroying them at cleanup while the executor runs raises
+# InvalidHandle inside the executor (an rclpy race).
+_NO_SUB_EVENTS = SubscriptionEventCallbacks(use_default_callbacks=False)
+_NO_PUB_EVENTS = PublisherEventCallbacks(use_default_callbacks=False)
+# How configure's entities are destroyed.
 _DESTROY = ((LifecyclePublisher, 'destroy_lifecycle_publisher'),
-            (Publisher, 'destroy_publisher'), (Subscription, 'destroy_subscription'),
-            (Service, 'destroy_service'), (Timer, 'destroy_timer'))
+            (Subscription, 'destroy_subscription'))
 
 
 class PolicyNode(LifecycleNode):
     """Run π0 on one robot; see the module docstring for the transitions and threads."""
 
     def __init__(self, **kwargs) -> None:
-        """Declare the parameters; configure/activate at once when ``autostart`` is set."""
+        """Declare the parameters and reporting; configure/activate at once with ``autostart``."""
         super().__init__(NODE_NAME, **kwargs)
         params.declare_parameters(self)
-        # Created by configure, released by cleanup (the controller and status are kept).
+        lifecycle.guard_change_state(self)
+        # Created by configure, released by cleanup.
         self._config: NodeConfig | None = None
         self._policy: PolicyBackend | None = None
         self._router: CommandRouter | None = None
@@ -100,36 +115,95 @@ class PolicyNode(LifecycleNode):
         self._ghost_pubs: list[LifecyclePublisher] = []
         self._chunk_pub: LifecyclePublisher | None = None
         self._marker_pub: LifecyclePublisher | None = None
-        self._status_pub: Publisher | None = None
-        self._diag_pub: Publisher | None = None
-        self._entities: list = []  # subscriptions, publishers, services, timers of configure
+        self._entities: list = []  # subscriptions and lifecycle publishers of configure
         # Created by activate, stopped by deactivate.
         self._worker: InferenceWorker | None = None
         self._control_timer: ControlLoop | None = None
         # Held by a control tick; close() takes it to wait for a tick that is still running.
         self._tick_lock = threading.Lock()
+        # Held by every I/O callback and while configure's I/O is created or destroyed.
+        self._io_lock = threading.RLock()
+        self._failure = ''  # why the last configure failed ('' after a success)
+        self._create_reporting()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._on_parameters_set)
         if self.get_parameter('autostart').value:
             if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
                 self.trigger_activate()
 
+    def _create_reporting(self) -> None:
+        """Create the I/O that lives as long as the node: status, diagnostics, services."""
+        io = self._io_group = MutuallyExclusiveCallbackGroup()
+        self._status_pub = self.create_publisher(PolicyStatus, '~/status', DEPTH)
+        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', DEPTH)
+        self.create_subscription(String, '~/instruction', self._on_instruction, DEPTH,
+                                 callback_group=io)
+        self.create_service(SetInstruction, '~/set_instruction', self._on_set_instruction,
+                            callback_group=io)
+        self.create_service(SetBool, '~/enable', self._on_enable, callback_group=io)
+        rates = {name: self.get_parameter(name).value
+                 for name in ('status_rate_hz', 'diagnostics_rate_hz')}
+        self._status_timer = self.create_timer(1.0 / rates['status_rate_hz'],
+                                               self._publish_status, callback_group=io)
+        self._diag_timer = self.create_timer(1.0 / rates['diagnostics_rate_hz'],
+                                             self._publish_diagnostics, callback_group=io)
+
+    # ----- parameters ------------------------------------------------------------------------
+    def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        """Accept new values only if valid now (and applicable to the running session)."""
+        current = {name: self.get_parameter(name).value for name in params.PARAMETER_NAMES}
+        try:
+            config = params.check_update(current, {p.name: p.value for p in parameters},
+                                         configured=self._ctl is not None)
+            if self._ctl is not None:
+                self._ctl.check_config(config, self._config)
+        except ValueError as error:
+            return SetParametersResult(successful=False, reason=str(error))
+        return SetParametersResult(successful=True)
+
+    def _on_parameters_set(self, parameters: list[Parameter]) -> None:
+        """Apply accepted values: reporting rates always, the rest to a configured run."""
+        names = {p.name for p in parameters}
+        for name, timer in (('status_rate_hz', self._status_timer),
+                            ('diagnostics_rate_hz', self._diag_timer)):
+            if name in names:
+                timer.timer_period_ns = int(NANOSECONDS / self.get_parameter(name).value)
+        with self._io_lock:
+            if self._ctl is None:
+                return  # read at the next configure
+            config = params.read_node_config(self)
+            note = self._ctl.apply_config(config, self._config)
+            self._router.frame_id = config.base_frame_id
+            # Only live fields can differ: the others are refused while configured.
+            self._config = config
+        if note:
+            self.get_logger().warning(f'prompt {note}')
+
     # ----- lifecycle -----------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Load robot + policy, warm up, create I/O; FAILURE (reason logged) on a bad config."""
+        """Load robot + policy, warm up, create I/O; FAILURE (reason reported) on a bad config."""
         try:
             self._configure()
         except CONFIGURE_ERRORS as error:
-            self._release()  # no model, no half-created I/O: a later configure starts clean
-            self.get_logger().error(f'configure failed: {error}')
+            self._configure_failed(f'configure failed: {error}')
             return TransitionCallbackReturn.FAILURE
         except BaseException:
-            self._release()
-            self.get_logger().error(f'configure failed:\n{traceback.format_exc()}')
+            self._configure_failed(f'configure failed:\n{traceback.format_exc()}')
             raise  # rclpy turns it into ERROR
+        self._failure = ''
         self.get_logger().info(
             f"configured robot '{self._ctl.adapter.name}' ({self._ctl.adapter.dof} dims, "
             f'{len(self._inputs)} inputs) with '
             f"{self._config.policy.checkpoint or 'a tiny random model'}")
         return TransitionCallbackReturn.SUCCESS
+
+    def _configure_failed(self, reason: str) -> None:
+        """Release what configure created, then log and report why it failed."""
+        self._release()  # no model, no half-created I/O: a later configure starts clean
+        self._failure = reason
+        self.get_logger().error(reason)
+        self._publish_status()
+        self._publish_diagnostics()
 
     def _configure(self) -> None:
         """Do configure's work; raises on a bad configuration (the caller releases)."""
@@ -148,56 +222,43 @@ class PolicyNode(LifecycleNode):
         execution = replace(cfg.execution, horizon=self._policy.action_horizon,
                             chunk_rate_hz=adapter.config.control_rate_hz)
         executor = make_executor(execution)
-        safety = SafetyFilter(SafetyConfig(
-            lower=adapter.lower, upper=adapter.upper, is_velocity=adapter.is_velocity,
-            max_velocity=adapter.max_velocity * cfg.velocity_scale, dt=execution.dt,
-            names=adapter.action_names))
+        safety = SafetyFilter(safety_config(adapter, cfg.velocity_scale, execution.dt))
         buffer = ObservationBuffer([s.name for s in inputs], cfg.max_age,
                                    required_names(adapter, inputs))
-        self._config, self._router, self._inputs = cfg, router, inputs
-        self._ghosts = visualization.ghost_groups(adapter)
-        self._status = StatusReporter(adapter.name, executor, buffer, safety, max_age=cfg.max_age,
-                                      latency_window=cfg.reporting.latency_window)
-        self._ctl = Session(
-            adapter, inputs, buffer, self._policy, executor, safety, self._status,
+        status = StatusReporter(adapter.name, executor, buffer, safety, max_age=cfg.max_age,
+                                latency_window=cfg.reporting.latency_window)
+        session = Session(
+            adapter, inputs, buffer, self._policy, executor, safety, status,
             max_age=cfg.max_age, instruction=cfg.prompt, enabled=cfg.enabled_at_start,
-            clock=self._now, decode=decode_image, publish=self._publish,
+            clock=self._now, decode=self._decode, publish=self._publish,
             publish_chunk=self._publish_chunk, on_state_change=self._publish_status,
             inference_delay_s=cfg.policy.inference_delay_s)
-        self._create_io(cfg)
+        with self._io_lock:
+            self._config, self._router, self._inputs = cfg, router, inputs
+            self._ghosts = visualization.ghost_groups(adapter)
+            self._create_io()
+            self._status, self._ctl = status, session  # I/O callbacks serve from here on
 
-    def _keep(self, entity):
-        """Record an entity of configure (destroyed by cleanup or a failed configure)."""
-        self._entities.append(entity)
-        return entity
-
-    def _create_io(self, cfg: NodeConfig) -> None:
-        """Create subscriptions, publishers, services and reporting timers."""
-        io, keep = MutuallyExclusiveCallbackGroup(), self._keep
+    def _create_io(self) -> None:
+        """Create the input subscriptions and the lifecycle publishers of the commands."""
+        keep = self._entities.append
         for spec in self._inputs:
             keep(self.create_subscription(
                 MESSAGE_TYPES[spec.kind], spec.topic,
                 lambda msg, spec=spec: self._on_input(spec, msg), qos_profile_sensor_data,
-                callback_group=io))
-        self._command_pubs = [keep(self.create_lifecycle_publisher(t, s.topic, DEPTH))
+                callback_group=self._io_group, event_callbacks=_NO_SUB_EVENTS))
+        publisher = self._publisher
+        self._command_pubs = [publisher(t, s.topic)
                               for t, s in zip(self._router.message_types, self._router.specs)]
-        self._chunk_pub = keep(self.create_lifecycle_publisher(ActionChunk, '~/action_chunk',
-                                                               DEPTH))
-        self._ghost_pubs = [keep(self.create_lifecycle_publisher(JointState, g.topic, DEPTH))
-                            for g in self._ghosts]
-        self._marker_pub = keep(self.create_lifecycle_publisher(MarkerArray, '~/preview/markers',
-                                                                DEPTH))
-        self._status_pub = keep(self.create_publisher(PolicyStatus, '~/status', DEPTH))
-        self._diag_pub = keep(self.create_publisher(DiagnosticArray, '/diagnostics', DEPTH))
-        keep(self.create_subscription(String, '~/instruction', self._on_instruction, DEPTH,
-                                      callback_group=io))
-        keep(self.create_service(SetInstruction, '~/set_instruction', self._on_set_instruction,
-                                 callback_group=io))
-        keep(self.create_service(SetBool, '~/enable', self._on_enable, callback_group=io))
-        keep(self.create_timer(1.0 / cfg.reporting.status_rate_hz, self._publish_status,
-                               callback_group=io))
-        keep(self.create_timer(1.0 / cfg.reporting.diagnostics_rate_hz,
-                               self._publish_diagnostics, callback_group=io))
+        self._chunk_pub = publisher(ActionChunk, '~/action_chunk')
+        self._ghost_pubs = [publisher(JointState, g.topic) for g in self._ghosts]
+        self._marker_pub = publisher(MarkerArray, '~/preview/markers')
+        self._entities += [*self._command_pubs, self._chunk_pub, *self._ghost_pubs,
+                           self._marker_pub]
+
+    def _publisher(self, msg_type: type, topic: str) -> LifecyclePublisher:
+        return self.create_lifecycle_publisher(msg_type, topic, DEPTH,
+                                               event_callbacks=_NO_PUB_EVENTS)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Enable the publishers, then start the inference thread and the control loop."""
@@ -216,7 +277,7 @@ class PolicyNode(LifecycleNode):
         return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Stop commanding: stop the loop, join the inference thread, hold (zero base)."""
+        """Stop commanding: stop the loop, join the inference thread, hold (base ramps down)."""
         self._stop_control()
         self._ctl.set_state(NodeState.INACTIVE, '')
         return super().on_deactivate(state)
@@ -224,7 +285,6 @@ class PolicyNode(LifecycleNode):
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Destroy the I/O and release the model (GPU memory too)."""
         self._release()
-        self._status.state = NodeState.UNCONFIGURED
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -236,52 +296,59 @@ class PolicyNode(LifecycleNode):
         """
         Stop commanding, join the inference thread and free the model.
 
-        Idempotent, and safe after the ROS context was shut down (Ctrl-C): the final hold is
-        then skipped and logged instead of raising.
+        Idempotent, and safe after the ROS context was shut down: the final commands are then
+        skipped and logged instead of raising.
         """
         self._stop_control()
         self._release()
 
     def _stop_control(self) -> None:
-        """Stop the control loop, join the worker, then send the final command."""
+        """Stop the control loop, send the final commands, then join the worker."""
         with self._tick_lock:  # a tick in progress finishes first; later ticks see no timer
             timer, self._control_timer = self._control_timer, None
         if timer is not None:
             timer.stop()
+            self._final_commands()  # first: an inference in progress may take long
         if self._worker is not None:
             self._worker.stop()  # joins the thread; waits for an inference in progress
             self._worker = None
         if self._ctl is not None:
             self._ctl.in_flight = False  # a wake the stopped worker never served
-        if timer is not None:
-            self._final_hold()
 
-    def _final_hold(self) -> None:
+    def _final_commands(self) -> None:
         """
-        Send the last command if the ROS context can still deliver it; never raise.
+        Send the stop commands while the ROS context can deliver them; never raise.
 
-        Commands flow only while enabled: a node that was commanding holds its last command;
+        A node that was commanding holds its positions while the base ramps down within its
+        acceleration limits (one command per control period), then sends a zero base velocity;
         otherwise (disabled, or nothing commanded yet) only bases get a zero velocity.
         """
-        # Not the node's logger: it would also try to publish to /rosout, which is gone.
+        # Not the node's logger: it would also try to publish to /rosout, which may be gone.
         logger = get_logger(SHUTDOWN_LOGGER)
-        if not self.context.ok():
-            logger.info('ROS is shut down: no final hold command sent (controllers keep the '
-                        'last command).')
-            return
-        try:
-            self._publish(self._ctl.final_command())
-        except _rclpy.RCLError as error:  # the context was shut down after the check above
-            logger.info(f'final hold command not sent: {error}')
-        self._ctl.commanded = False
+        dt = self._ctl.executor.config.dt
+        commands = self._ctl.stop_commands(max(1, int(STOP_RAMP_MAX_S / dt)))
+        for k, command in enumerate(commands):
+            if not self.context.ok():
+                logger.info('ROS is shut down: the final hold command was not sent '
+                            '(controllers keep the last command).')
+                return
+            try:
+                self._publish(command)
+            except _rclpy.RCLError as error:  # the context was shut down after the check
+                logger.info(f'final hold command not sent: {error}')
+                return
+            if k + 1 < len(commands):
+                time.sleep(dt)
 
     def _release(self) -> None:
-        """Destroy configure's entities and close the policy."""
-        for entity in reversed(self._entities):
-            method = next(name for kind, name in _DESTROY if isinstance(entity, kind))
-            getattr(self, method)(entity)
-        self._entities, self._command_pubs, self._ghost_pubs = [], [], []
-        self._chunk_pub = self._marker_pub = self._status_pub = self._diag_pub = None
+        """Destroy configure's entities (no I/O callback runs meanwhile) and close the policy."""
+        with self._io_lock:
+            self._ctl = self._status = None  # I/O callbacks serve no more
+            for entity in reversed(self._entities):
+                method = next(name for kind, name in _DESTROY if isinstance(entity, kind))
+                getattr(self, method)(entity)
+            self._entities, self._command_pubs, self._ghost_pubs = [], [], []
+            self._chunk_pub = self._marker_pub = None
         if self._policy is not None:
             self._policy.close()
             self._policy = None
@@ -290,50 +357,79 @@ class PolicyNode(LifecycleNode):
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds / conversions.NANOSECONDS
 
+    def _decode(self, spec: InputSpec, message) -> np.ndarray:
+        return decode_image(spec, message, max_pixels=self._config.max_image_pixels)
+
     def _on_input(self, spec, msg) -> None:
         """Validate and store the newest message of one input (header stamp, else arrival)."""
-        stamp = getattr(getattr(msg, 'header', None), 'stamp', None)
-        stamp = conversions.to_seconds(stamp) if stamp and (stamp.sec or stamp.nanosec) else 0.0
-        try:
-            self._ctl.buffer.put(spec.name, check_message(spec, msg), stamp or self._now())
-        except InputError as error:
-            self._ctl.buffer.reject(spec.name, error.reason)
-            self._report_error(str(error))
+        with self._io_lock:
+            if self._ctl is None:
+                return
+            arrival = self._now()
+            stamp = getattr(getattr(msg, 'header', None), 'stamp', None)
+            stamp = (conversions.to_seconds(stamp) if stamp and (stamp.sec or stamp.nanosec)
+                     else arrival)
+            try:
+                payload = check_message(spec, msg, max_pixels=self._config.max_image_pixels)
+            except InputError as error:
+                self._ctl.buffer.reject(spec.name, error.reason)
+                self._report_error(str(error))
+                return
+            self._ctl.buffer.put(spec.name, payload, stamp, arrival)
+            if abs(stamp - arrival) > CLOCK_SKEW_WARN_S:
+                self.get_logger().warning(
+                    f'{spec.name} on {spec.topic}: header stamp {stamp - arrival:+.3f} s from '
+                    'the node clock at arrival (clock skew?); its age counts from the older of '
+                    'stamp and arrival.', throttle_duration_sec=LOG_PERIOD_S)
 
     def _accept_instruction(self, text: str) -> tuple[bool, str]:
+        if self._ctl is None:
+            return False, 'the node is not configured: configure it first.'
         try:
-            self._ctl.instruction = conversions.clean_instruction(
-                text, self._config.max_instruction_chars)
+            note = self._ctl.set_instruction(text, self._config.max_instruction_chars)
         except ValueError as error:
             self._report_error(f'instruction rejected: {error}')
             return False, str(error)
-        return True, ''
+        return True, note
 
     def _on_instruction(self, msg: String) -> None:
-        self._accept_instruction(msg.data)
+        with self._io_lock:
+            self._accept_instruction(msg.data)
 
     def _on_set_instruction(self, request, response):
-        response.previous_instruction = self._ctl.instruction
-        response.success, response.message = self._accept_instruction(request.instruction)
+        with self._io_lock:
+            response.previous_instruction = self._ctl.instruction if self._ctl else ''
+            response.success, response.message = self._accept_instruction(request.instruction)
         return response
 
     def _on_enable(self, request, response):
-        self._ctl.set_enabled(request.data)
+        with self._io_lock:
+            if self._ctl is None:
+                response.success = False
+                response.message = 'the node is not configured: configure and activate it first.'
+                return response
+            self._ctl.set_enabled(request.data)
         response.success, response.message = True, f'enabled={request.data}'
         return response
 
     def _report_error(self, text: str) -> None:
-        self._status.last_error = text
+        status = self._status
+        if status is not None:
+            status.last_error = text
         self.get_logger().warning(text, throttle_duration_sec=LOG_PERIOD_S)
 
     # ----- outputs: inference (worker thread), control (loop thread), reporting -------------
     def _on_inference_error(self, error: Exception) -> None:
-        self._report_error(self._ctl.inference_failed(error))
+        message = self._ctl.inference_failed(error)
+        self._report_error(message)
+        if self._ctl.fatal:
+            self.get_logger().error(message, throttle_duration_sec=LOG_PERIOD_S)
 
     def _on_policy_lost(self, reason: str) -> None:
         """Drop the plan at once when the policy server's connection drops (client thread)."""
-        if self._ctl is not None:
-            self._report_error(self._ctl.inference_failed(ConnectionError(reason)))
+        ctl = self._ctl
+        if ctl is not None:
+            self._report_error(ctl.inference_failed(ConnectionError(reason)))
 
     def _publish_chunk(self, result, obs_time: float, instruction: str, sequence: int) -> None:
         if not self.context.ok():  # shutting down: the chunk is no longer delivered
@@ -375,9 +471,14 @@ class PolicyNode(LifecycleNode):
                 publisher.publish(msg)
 
     def _snapshot(self) -> StatusSnapshot:
-        return self._status.snapshot(self._now(), instruction=self._ctl.instruction,
-                                     enabled=self._ctl.enabled,
-                                     running=self._control_timer is not None)
+        # No lock: the reporting publishers live as long as the node, and the status may be
+        # published from inside a control tick (a lock here would invert the lock order).
+        status, ctl = self._status, self._ctl
+        if status is None or ctl is None:
+            return StatusSnapshot.idle(NodeState.UNCONFIGURED, self._failure,
+                                       last_error=self._failure)
+        return status.snapshot(self._now(), instruction=ctl.instruction, enabled=ctl.enabled,
+                               running=self._control_timer is not None)
 
     def _publish_status(self) -> None:
         self._status_pub.publish(diagnostics.policy_status(
@@ -394,24 +495,18 @@ class PolicyNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> None:
-    """Run the node until Ctrl-C or an external shutdown (``ros2 run pi0_policy ...``)."""
+    """Run the node until Ctrl-C / SIGTERM, then stop the robot and exit (``ros2 run``)."""
     # Hand the GIL over every millisecond (default 5 ms) so that the control timer waits less
     # for the inference thread.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
-    rclpy.init(args=args)
-    node = None
+    # Own signal handling: the final commands must go out before the context is shut down.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = PolicyNode()
-        executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass  # Ctrl-C / SIGTERM: rclpy has shut the context down already
-    finally:
-        if node is not None:
-            node.close()  # stops the timer and joins the inference thread before exit
-            node.destroy_node()
+    except BaseException:
         rclpy.try_shutdown()
+        raise
+    lifecycle.spin_until_signal(node, threads=EXECUTOR_THREADS, on_stop=node.close)
 
 
 if __name__ == '__main__':

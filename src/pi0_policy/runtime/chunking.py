@@ -228,6 +228,10 @@ class EnsembleExecutor(ChunkExecutor):
     def _plan_chunk(self) -> AcceptedChunk | None:
         return self._chunks[-1] if self._chunks else None
 
+    @override
+    def _config_updated(self) -> None:
+        self._weights = np.ones(0)  # recomputed with the new ensemble_coefficient
+
     def _weight_table(self, count: int) -> np.ndarray:
         if count > self._weights.size:  # grows rarely: at most one entry per live chunk
             self._weights = np.exp(-self._config.ensemble_coefficient * np.arange(2 * count))

@@ -22,6 +22,8 @@ DTYPES = ('float32', 'bfloat16')
 DEVICE_PATTERN = re.compile(r'^(cpu|cuda(:\d+)?)$')
 # Largest nice increment of the inference thread.
 MAX_NICENESS = 19
+# Largest camera image accepted by default (pixels), checked before decoding: 16 MP.
+DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
 # Largest SCHED_FIFO priority on Linux.
 MAX_RT_PRIORITY = 99
 # Where the policy runs (pi0_policy.serving.backends): in the node's process, in a child
@@ -275,6 +277,8 @@ class NodeConfig:
     reporting: ReportingConfig
     # SCHED_FIFO priority of the control thread (1-99) where the OS permits it; 0 = normal.
     control_priority: int = 0
+    # Largest camera image accepted (width x height), checked before decoding.
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     def __post_init__(self) -> None:
         """Validate the fields."""
@@ -289,5 +293,7 @@ class NodeConfig:
         _require(0.0 < self.velocity_scale <= 1.0, 'velocity_scale', self.velocity_scale,
                  'a fraction in (0, 1]')
         _require(bool(self.odom_topic), 'odom_topic', self.odom_topic, 'a topic name')
+        _require(self.max_image_pixels >= 1, 'max_image_pixels', self.max_image_pixels,
+                 'an integer >= 1')
         _require(0 <= self.control_priority <= MAX_RT_PRIORITY, 'control_priority',
                  self.control_priority, f'an integer in [0, {MAX_RT_PRIORITY}] (0 = normal)')

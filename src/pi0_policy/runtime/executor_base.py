@@ -191,6 +191,30 @@ class ChunkExecutor(abc.ABC):
         """Return the configuration."""
         return self._config
 
+    # Fields fixed for the executor's life (the rest are tunables update_config may change).
+    FIXED_FIELDS: ClassVar[tuple[str, ...]] = (
+        'strategy', 'control_rate_hz', 'chunk_rate_hz', 'horizon', 'latency_window',
+        'latency_quantile', 'latency_skip_first')
+
+    def update_config(self, config: 'ExecutionConfig') -> None:
+        """
+        Use new tunables (execute_steps, request_remaining, ...) from the next tick on.
+
+        Raises:
+            ValueError: A field of FIXED_FIELDS differs; those need a new executor.
+
+        """
+        changed = [name for name in self.FIXED_FIELDS
+                   if getattr(config, name) != getattr(self._config, name)]
+        if changed:
+            raise ValueError(f'ExecutionConfig fields {changed} cannot change on a running '
+                             'executor; build a new one with make_executor().')
+        self._config = config
+        self._config_updated()
+
+    def _config_updated(self) -> None:
+        """Drop what a strategy derived from the tunables (hook; nothing by default)."""
+
     def reset(self) -> None:
         """Forget every chunk, the plan clock and the counters (the latency history is kept)."""
         with self._lock:

@@ -19,16 +19,35 @@ import numpy as np
 
 # Age reported for an input that was never received (PolicyStatus convention).
 NEVER_RECEIVED = -1.0
+# A header stamp further than this from the receive time (s) is reported: clock skew between
+# computers, or a driver that stamps wrongly.
+CLOCK_SKEW_WARN_S = 1.0
 
 
 @dataclass(frozen=True)
 class InputSample:
     """The newest message of one input."""
 
-    # The ROS message as received.
+    # The ROS message as received (or the payload validated from it).
     message: Any
     # Its time in seconds (header stamp, or receive time when the header stamp is zero).
     stamp: float
+    # When it arrived (s, the node's clock); None: the same as stamp.
+    arrival: float | None = None
+
+    def age(self, now: float) -> float:
+        """
+        Return the age in seconds at ``now``: since the stamp or the arrival, the older.
+
+        A stamp from the future (clock skew) cannot keep an input fresh: the arrival bounds it.
+        """
+        arrival = self.stamp if self.arrival is None else self.arrival
+        return now - min(self.stamp, arrival)
+
+    @property
+    def skew(self) -> float:
+        """Return stamp minus arrival (s): > 0 for a stamp ahead of the node's clock."""
+        return 0.0 if self.arrival is None else self.stamp - self.arrival
 
 
 class ObservationBuffer:
@@ -59,7 +78,8 @@ class ObservationBuffer:
             raise ValueError(f'Required inputs {unknown} are not among the inputs {list(names)}.')
         self._names = tuple(names)
         self._required = required
-        self._max_age = max_age
+        # Seconds after which an input is stale (may be changed while running).
+        self.max_age = max_age
         self._samples: dict[str, InputSample] = {}
         self._errors: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -69,11 +89,11 @@ class ObservationBuffer:
         """Return the input names in order."""
         return self._names
 
-    def put(self, name: str, message: Any, stamp: float) -> None:
-        """Store a valid message of input ``name`` taken at ``stamp`` (seconds)."""
+    def put(self, name: str, message: Any, stamp: float, arrival: float | None = None) -> None:
+        """Store a valid message of input ``name`` taken at ``stamp``, received at ``arrival``."""
         self._check_name(name)
         with self._lock:
-            self._samples[name] = InputSample(message, stamp)
+            self._samples[name] = InputSample(message, stamp, arrival)
             self._errors.pop(name, None)
 
     def reject(self, name: str, reason: str) -> None:
@@ -86,8 +106,14 @@ class ObservationBuffer:
         """Return the age (s) of each input at ``now`` in ``names`` order, or NEVER_RECEIVED."""
         with self._lock:
             samples = dict(self._samples)
-        return tuple(max(0.0, now - samples[name].stamp) if name in samples else NEVER_RECEIVED
+        return tuple(max(0.0, samples[name].age(now)) if name in samples else NEVER_RECEIVED
                      for name in self._names)
+
+    def skews(self) -> tuple[float, ...]:
+        """Return stamp minus arrival (s) of each input's newest sample (0 when none)."""
+        with self._lock:
+            samples = dict(self._samples)
+        return tuple(samples[name].skew if name in samples else 0.0 for name in self._names)
 
     def problem(self, now: float) -> str | None:
         """Return why no observation can be formed at ``now`` (naming the input), or None."""
@@ -99,9 +125,9 @@ class ObservationBuffer:
                 return f'{name} is invalid: {errors[name]}'
             if name not in samples:
                 return f'{name} has not been received'
-            age = now - samples[name].stamp
-            if age > self._max_age:
-                return f'{name} is {age:.3f} s old (max_age {self._max_age:.3f} s)'
+            age = samples[name].age(now)
+            if age > self.max_age:
+                return f'{name} is {age:.3f} s old (max_age {self.max_age:.3f} s)'
         return None
 
     def snapshot(self, now: float | None = None) -> dict[str, InputSample]:
@@ -116,7 +142,7 @@ class ObservationBuffer:
         with self._lock:
             return {name: sample for name, sample in self._samples.items()
                     if name not in self._errors
-                    and (now is None or now - sample.stamp <= self._max_age)}
+                    and (now is None or sample.age(now) <= self.max_age)}
 
     def _check_name(self, name: str) -> None:
         """Raise if ``name`` is not an input (a wiring bug, not bad data)."""
@@ -236,7 +262,7 @@ def assemble_observation(specs: Sequence[InputSpec], samples: Mapping[str, Input
     """
     images = {spec.key: decode(spec, samples[spec.name].message) for spec in specs
               if spec.kind in (InputKind.IMAGE, InputKind.COMPRESSED_IMAGE)
-              and spec.name in samples and now - samples[spec.name].stamp <= max_age}
+              and spec.name in samples and samples[spec.name].age(now) <= max_age}
     names, positions = joint_positions(specs, samples)
     odometry = [samples[spec.name].message for spec in specs
                 if spec.kind == InputKind.ODOMETRY and spec.name in samples]

@@ -5,7 +5,9 @@ Command dims follow the adapter's ``action_names`` (joints, then base dims). Pos
 clamped to ``[lower, upper]`` and may move at most ``max_velocity * dt`` per tick relative to the
 last command (the first command is relative to the measured positions). Velocity dims (a mobile
 base, ``is_velocity``) are clamped to ``|v| <= max_velocity`` and ``[lower, upper]``, may change at
-most ``max_acceleration * dt`` per tick when an acceleration limit is given, and are zero on hold.
+most ``max_acceleration * dt`` per tick when an acceleration limit is given, and on hold ramp down
+to zero at that same rate (nav2 velocity_smoother semantics: speeding up and slowing down alike);
+``stop`` zeroes them at once (the last command a node sends before it goes away).
 """
 
 from dataclasses import dataclass, field
@@ -172,6 +174,25 @@ class SafetyFilter:
 
     def __init__(self, config: SafetyConfig) -> None:
         """Prepare the limit arrays of ``config``; the first command needs measured positions."""
+        self._prepare(config)
+        self._last: np.ndarray | None = None
+        self.reset()
+
+    def update(self, config: SafetyConfig) -> None:
+        """
+        Use new limits from the next command on, keeping the last command (a live change).
+
+        Raises:
+            ValueError: ``config`` has another number of dims or other velocity dims.
+
+        """
+        if config.is_velocity != self._config.is_velocity:
+            raise ValueError(f'SafetyFilter.update: is_velocity {config.is_velocity} differs from '
+                             f'{self._config.is_velocity}; build a new filter for another robot.')
+        self._prepare(config)
+
+    def _prepare(self, config: SafetyConfig) -> None:
+        """Compute the limit arrays of ``config``."""
         self._config = config
         velocity = np.array(config.is_velocity, dtype=bool)
         lower = np.array(config.lower)
@@ -187,8 +208,6 @@ class SafetyFilter:
         self._step = np.where(velocity, accel, speed) * config.dt  # max change per tick
         self._neg_step = -self._step
         self._dims = velocity.size
-        self._last: np.ndarray | None = None
-        self.reset()
 
     @property
     def config(self) -> SafetyConfig:
@@ -205,6 +224,11 @@ class SafetyFilter:
         """Return the counters."""
         return SafetyStats(commands=self._commands, clamped=self._clamped, holds=self._holds,
                            non_finite=self._non_finite)
+
+    @property
+    def stopped(self) -> bool:
+        """Return True when no velocity dim was last commanded non-zero."""
+        return self._last is None or not np.any(self._last[self._velocity])
 
     def reset(self) -> None:
         """Forget the last command (the next one is relative to the measured positions)."""
@@ -269,11 +293,13 @@ class SafetyFilter:
     def hold(self, reason: HoldReason, measured: RobotAction | None = None, *,
              non_finite: tuple[int, ...] = ()) -> tuple[RobotAction | None, SafetyReport]:
         """
-        Return the hold command: the last command's positions and zero velocity dims.
+        Return the hold command: the last command's positions; velocity dims ramp toward zero.
 
-        Before any command, the measured positions (clamped to the limits) are held. When neither
-        is known (no command yet and ``measured`` missing or NaN) the command is None: publish
-        nothing for position dims and a zero velocity for the base.
+        Velocity dims slow down by at most ``max_acceleration * dt`` per call (zero at once
+        without an acceleration limit). Before any command, the measured positions (clamped to
+        the limits) are held. When neither is known (no command yet and ``measured`` missing or
+        NaN) the command is None: publish nothing for position dims and a zero velocity for the
+        base.
 
         Args:
             reason: why the tick holds (reported).
@@ -289,7 +315,9 @@ class SafetyFilter:
             reference = self._reference(measured)
         command = None
         if reference is not None:
-            held = np.clip(np.where(self._velocity, 0.0, reference), self._lower, self._upper)
+            # reference is the last command (or measured positions with zero velocities).
+            slowed = reference - np.minimum(np.maximum(reference, self._neg_step), self._step)
+            held = np.clip(np.where(self._velocity, slowed, reference), self._lower, self._upper)
             self._last = held
             command = held.copy()
         self._commands += 1
@@ -297,6 +325,12 @@ class SafetyFilter:
         return command, SafetyReport(held=True, hold_reason=reason,
                                      limit_clamped=SafetyReport.NONE,
                                      rate_limited=SafetyReport.NONE, non_finite=non_finite)
+
+    def stop(self, reason: HoldReason) -> tuple[RobotAction | None, SafetyReport]:
+        """Return the hold command with every velocity dim zero at once (a final command)."""
+        if self._last is not None:
+            self._last = np.where(self._velocity, 0.0, self._last)
+        return self.hold(reason)
 
     def _vector(self, values: RobotAction, name: str) -> np.ndarray:
         array = np.asarray(values, dtype=np.float64)

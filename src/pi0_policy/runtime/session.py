@@ -10,27 +10,87 @@ state change is reported. Pure Python (no rclpy).
 """
 
 from collections.abc import Callable
+from dataclasses import replace
 import logging
+import threading
 import time
 
 from embodiment_adapters import EmbodimentAdapter
 import numpy as np
+from pi0_policy.runtime.config import ExecutionConfig, NodeConfig
 from pi0_policy.runtime.executor_base import ChunkExecutor
 from pi0_policy.runtime.inputs import (
     assemble_observation, ImageDecoder, InputError, InputSpec, measured_command,
     ObservationBuffer)
 from pi0_policy.runtime.policy import Pi0Policy, PolicyResult, TIME_TOTAL
-from pi0_policy.runtime.safety import HoldReason, SafetyFilter
+from pi0_policy.runtime.safety import HoldReason, SafetyConfig, SafetyFilter
 from pi0_policy.runtime.status import NodeState, StatusReporter
 
 _LOG = logging.getLogger(__name__)
 
 DISABLED_DETAIL = 'enable with the ~/enable service'
 WAITING_DETAIL = 'waiting for the next chunk'
+# Inference errors the robot recovers from by itself (new sensor data; a policy server that the
+# client reconnects to): the run holds (WARN). Any other error (model, device, out of memory)
+# needs a person: the run holds in ERROR.
+RECOVERABLE_ERRORS = (InputError, ValueError, ConnectionError, TimeoutError)
+# Most hold ticks a stop ramps the base down for before the final zero command.
+MAX_STOP_TICKS = 500
+
+
+def clean_instruction(text: str, max_chars: int) -> str:
+    """
+    Return a language instruction with surrounding whitespace removed, after checks.
+
+    Args:
+        text: The instruction as received.
+        max_chars: Longest instruction accepted (characters).
+
+    Raises:
+        ValueError: The instruction is empty or longer than ``max_chars``.
+
+    """
+    cleaned = text.strip()
+    if not cleaned:
+        raise ValueError(f'Instruction {text!r} is empty; expected a task description such as '
+                         '"pick up the cube". The previous instruction stays in effect.')
+    if len(cleaned) > max_chars:
+        raise ValueError(f'Instruction has {len(cleaned)} characters; expected at most '
+                         f'{max_chars} (max_instruction_chars). Send a shorter instruction; the '
+                         'previous one stays in effect.')
+    return cleaned
+
+
+def safety_config(adapter: EmbodimentAdapter, velocity_scale: float, dt: float) -> SafetyConfig:
+    """Return the limits of the robot's commands, speeds scaled by ``velocity_scale``."""
+    return SafetyConfig(lower=adapter.lower, upper=adapter.upper, is_velocity=adapter.is_velocity,
+                        max_velocity=adapter.max_velocity * velocity_scale, dt=dt,
+                        max_acceleration=adapter.max_acceleration, names=adapter.action_names)
+
+
+def live_execution(running: ExecutionConfig, wanted: ExecutionConfig) -> ExecutionConfig:
+    """
+    Return the running execution config with the tunables of ``wanted`` (validated).
+
+    Raises:
+        ValueError: The tunables do not fit the running executor (e.g. execute_steps > horizon).
+
+    """
+    return replace(running, execute_steps=wanted.execute_steps,
+                   request_remaining=wanted.request_remaining,
+                   ensemble_coefficient=wanted.ensemble_coefficient,
+                   max_chunk_age=wanted.max_chunk_age)
 
 
 class Session:
-    """Run-time state of one configured run: enable flag, instruction, plan, faults."""
+    """
+    Run-time state of one configured run: enable flag, instruction, plan, faults.
+
+    Threads: ``tick`` (control thread), ``set_enabled`` / ``set_instruction`` (service threads)
+    and the end of ``infer_once`` (inference thread) run under one lock, so a re-enable can never
+    execute an action planned before the disable: enabling and disabling bump ``epoch`` and drop
+    the plan at once, and a chunk whose observation was taken in an earlier epoch is discarded.
+    """
 
     def __init__(self, adapter: EmbodimentAdapter, inputs: tuple[InputSpec, ...],
                  buffer: ObservationBuffer, policy: Pi0Policy, executor: ChunkExecutor,
@@ -74,26 +134,100 @@ class Session:
         # RTC: the last reported breach of d <= s <= H - d (logged when it changes).
         self._rtc_problem: str | None = None
         self.sequence = 0
+        # Bumped by every enable/disable/activate: chunks observed in an older epoch are dropped.
+        self.epoch = 0
         # commanded: a policy action was sent since the last enable/activate (holds may follow).
-        self.in_flight = self.reset_pending = self.commanded = False
+        self.in_flight = self.commanded = False
         self.fault: str | None = None
+        # Whether the fault needs a person (ERROR) rather than new sensor data (HOLDING).
+        self.fatal = False
         self._wake: Callable[[], None] | None = None
+        self._lock = threading.RLock()
 
     def activate(self, wake: Callable[[], None]) -> None:
         """Start from an empty plan; ``wake`` asks the inference thread for a chunk."""
-        self.executor.reset()
-        self.safety.reset()
-        # A wake the previous worker never served must not block inference now.
-        self.commanded = self.in_flight = self.reset_pending = False
-        self.fault = None
-        self._wake = wake
+        with self._lock:
+            self._drop_plan()
+            self.safety.reset()
+            # A wake the previous worker never served must not block inference now.
+            self.commanded = self.in_flight = self.fatal = False
+            self.fault = None
+            self._wake = wake
 
     def set_enabled(self, enabled: bool) -> None:
-        """Enable or disable commands; the plan is dropped at the next tick."""
-        # Reset first: a tick between the two writes must not execute an action planned
-        # before the disable.
-        self.reset_pending = True
-        self.enabled = enabled
+        """Enable or disable commands; the plan (and any chunk being inferred) is dropped."""
+        with self._lock:
+            self._drop_plan()
+            self.enabled = enabled
+
+    def set_max_age(self, max_age: float) -> None:
+        """Change the age (s) beyond which an input is stale, from the next tick on."""
+        with self._lock:
+            self.max_age = max_age
+            self.buffer.max_age = max_age
+            self.status.max_age = max_age
+
+    def set_instruction(self, text: str, max_chars: int) -> str:
+        """
+        Use a new instruction from the next inference on; return a note ('' when none).
+
+        The note tells when the model reads only the first tokens of a long instruction.
+
+        Raises:
+            ValueError: The instruction is empty or longer than ``max_chars`` characters.
+
+        """
+        cleaned = clean_instruction(text, max_chars)
+        note = ''
+        tokenizer = getattr(getattr(self.policy, 'pipeline', None), 'tokenizer', None)
+        if tokenizer is not None:
+            tokens = tokenizer(cleaned)
+            if tokens.truncated:
+                note = (f'accepted, but truncated: the instruction has {tokens.num_tokens} '
+                        f'tokens and the model reads the first {tokenizer.max_len}')
+        self.instruction = cleaned
+        return note
+
+    def check_config(self, config: NodeConfig, previous: NodeConfig) -> None:
+        """
+        Check that the live settings of ``config`` can be applied to this run.
+
+        Raises:
+            ValueError: One cannot (the message names the value and the limit).
+
+        """
+        live_execution(self.executor.config, config.execution)
+        steps = config.policy.num_steps
+        if steps != previous.policy.num_steps and not hasattr(self.policy, 'num_steps'):
+            raise ValueError(f"Parameter 'num_steps' with the value {steps} cannot apply: the "
+                             f'policy runs in a {config.policy.backend} server, which owns it. '
+                             "Set it on the server ('pi0-policy serve --num-steps').")
+        if config.prompt != previous.prompt:
+            clean_instruction(config.prompt, config.max_instruction_chars)
+
+    def apply_config(self, config: NodeConfig, previous: NodeConfig) -> str:
+        """
+        Apply the live settings of ``config`` (checked by ``check_config``) from the next tick on.
+
+        Returns:
+            A note about a new prompt ('' when none), as ``set_instruction``.
+
+        """
+        with self._lock:
+            self.set_max_age(config.max_age)
+            self.safety.update(safety_config(self.adapter, config.velocity_scale,
+                                             self.safety.config.dt))
+            self.executor.update_config(live_execution(self.executor.config, config.execution))
+            if hasattr(self.policy, 'num_steps'):  # in-process; a server owns its own
+                self.policy.num_steps = config.policy.num_steps
+            if config.prompt != previous.prompt:
+                return self.set_instruction(config.prompt, config.max_instruction_chars)
+        return ''
+
+    def _drop_plan(self) -> None:
+        """Forget every planned action and any chunk still being inferred (lock held)."""
+        self.epoch += 1
+        self.executor.reset()
 
     def set_state(self, state: NodeState, detail: str) -> None:
         """Set the state and its reason; report the status when the state changed."""
@@ -106,48 +240,33 @@ class Session:
 
     def tick(self) -> None:
         """Take the next action (or hold), make it safe and publish it; never infers."""
-        now = self._clock()
-        self.status.count_tick(now)
-        if self.reset_pending:
-            self.reset_pending = False
-            self.executor.reset()
-        if not self.enabled:
-            if self.commanded:  # last command: hold position, zero base velocity
-                self._publish(self.safety.hold(HoldReason.DISABLED)[0])
-            self.commanded = False
-            self.safety.reset()
-            self.set_state(NodeState.DISABLED, DISABLED_DETAIL)
-            return
-        problem = self.buffer.problem(now)
-        if problem is not None:
-            if self.status.state == NodeState.RUNNING:
-                self.executor.reset()  # the plan came from inputs that are now stale
-            return self._hold(HoldReason.STALE_INPUT, problem, now)
-        action = self.executor.next_action(now)
-        if not self.in_flight and self.executor.needs_inference(now):
-            self.in_flight = True
-            self._wake()
-        if action is None:
-            reason = HoldReason.INFERENCE_FAILURE if self.fault else HoldReason.NO_ACTION
-            return self._hold(reason, self.fault or self._waiting_detail(), now)
-        measured = None  # the first command starts from the fresh measured positions
-        if self.safety.last_command is None:
-            measured = self.measured(now)
-            if measured is None:
-                return self._hold(HoldReason.NO_ACTION, 'no fresh joint positions yet', now)
-        command, report = self.safety.filter(action, measured)
-        self._publish(command)
-        self.commanded = True
-        self.set_state(NodeState.RUNNING, report.describe(self.safety.config)
-                       if report.clamped else '')
-
-    def _hold(self, reason: HoldReason, detail: str, now: float) -> None:
-        """Hold the last command; before any, the fresh measured pose, else only zero base."""
-        self.status.hold_ticks += 1
-        measured = None if self.safety.last_command is not None else self.measured(now)
-        self._publish(self.safety.hold(reason, measured)[0])
-        self.set_state(NodeState.HOLDING if self.commanded else NodeState.WAITING,
-                       f'{reason.value}: {detail}')
+        with self._lock:
+            now = self._clock()
+            self.status.count_tick(now)
+            if not self.enabled:
+                return self._disabled_tick()
+            problem = self.buffer.problem(now)
+            if problem is not None:
+                if self.status.state == NodeState.RUNNING:
+                    self._drop_plan()  # the plan came from inputs that are now stale
+                return self._hold(HoldReason.STALE_INPUT, problem, now)
+            action = self.executor.next_action(now)
+            if not self.in_flight and self.executor.needs_inference(now):
+                self.in_flight = True
+                self._wake()
+            if action is None:
+                reason = HoldReason.INFERENCE_FAILURE if self.fault else HoldReason.NO_ACTION
+                return self._hold(reason, self.fault or self._waiting_detail(), now)
+            measured = None  # the first command starts from the fresh measured positions
+            if self.safety.last_command is None:
+                measured = self.measured(now)
+                if measured is None:
+                    return self._hold(HoldReason.NO_ACTION, 'no fresh joint positions yet', now)
+            command, report = self.safety.filter(action, measured)
+            self._publish(command)
+            self.commanded = True
+            self.set_state(NodeState.RUNNING, report.describe(self.safety.config)
+                           if report.clamped else '')
 
     def _waiting_detail(self) -> str:
         """Say that no action is planned and, once one ran, how long inference takes."""
@@ -157,23 +276,59 @@ class Session:
         # A slow policy (e.g. a remote server) shows here as holds between chunks.
         return f'{WAITING_DETAIL} (the last inference took {last * 1000.0:.0f} ms)'
 
+    def _disabled_tick(self) -> None:
+        """Hold after a disable until the base has ramped to rest, then send nothing."""
+        if self.commanded:  # hold position; the base slows down within its acceleration
+            self._publish(self.safety.hold(HoldReason.DISABLED)[0])
+            self.commanded = not self.safety.stopped
+        if not self.commanded:
+            self.safety.reset()
+        self.set_state(NodeState.DISABLED, DISABLED_DETAIL)
+
+    def _hold(self, reason: HoldReason, detail: str, now: float) -> None:
+        """Hold the last command; before any, the fresh measured pose, else only zero base."""
+        self.status.hold_ticks += 1
+        measured = None if self.safety.last_command is not None else self.measured(now)
+        self._publish(self.safety.hold(reason, measured)[0])
+        state = NodeState.HOLDING if self.commanded else NodeState.WAITING
+        if reason == HoldReason.INFERENCE_FAILURE and self.fatal:
+            state = NodeState.ERROR
+        self.set_state(state, f'{reason.value}: {detail}')
+
     def tick_failed(self, error: Exception) -> None:
         """Hold and report ERROR after a tick raised."""
-        self.status.tick_errors += 1
-        self.reset_pending = True  # the plan may be half updated
-        self.status.last_error = f'control tick failed: {error!r}'
-        if self.enabled:
-            self._publish(self.safety.hold(HoldReason.NO_ACTION)[0])
-        self.set_state(NodeState.ERROR, self.status.last_error)
+        with self._lock:
+            self.status.tick_errors += 1
+            self._drop_plan()  # the plan may be half updated
+            self.status.last_error = f'control tick failed: {error!r}'
+            if self.enabled:
+                self._publish(self.safety.hold(HoldReason.NO_ACTION)[0])
+            self.set_state(NodeState.ERROR, self.status.last_error)
 
-    def final_command(self) -> np.ndarray | None:
-        """Return the (D,) last command to hold when control stops, None if nothing was sent."""
-        return self.safety.hold(HoldReason.DISABLED)[0] if self.commanded else None
+    def stop_commands(self, max_ticks: int = MAX_STOP_TICKS) -> list[np.ndarray | None]:
+        """
+        Return the commands that stop the robot when control ends, one per control tick.
+
+        A run that commanded holds its last positions while the base ramps down within its
+        acceleration limit (at most ``max_ticks`` ticks), then sends a zero base velocity; one
+        that never commanded sends only a zero base velocity (None). Afterwards nothing was
+        commanded.
+        """
+        with self._lock:
+            if not self.commanded:
+                return [None]
+            commands = []
+            while not self.safety.stopped and len(commands) < max_ticks:
+                commands.append(self.safety.hold(HoldReason.DISABLED)[0])
+            commands.append(self.safety.stop(HoldReason.DISABLED)[0])
+            self.commanded = False
+            return commands
 
     def infer_once(self) -> None:
         """Assemble the observation, infer, queue the chunk and publish it (inference thread)."""
         try:
-            now, instruction = self._clock(), self.instruction
+            with self._lock:
+                now, instruction, epoch = self._clock(), self.instruction, self.epoch
             try:
                 observation, obs_time = assemble_observation(
                     self.inputs, self.buffer.snapshot(), self.adapter, instruction, now=now,
@@ -182,7 +337,8 @@ class Session:
                 self.buffer.reject(error.spec.name, error.reason)
                 raise
             # RTC: the current chunk's leftover, delay and execution horizon travel as extra keys.
-            extras = self.executor.request_extras(obs_time)
+            with self._lock:
+                extras = self.executor.request_extras(obs_time)
             result = self.policy.infer({**observation, **extras} if extras else observation)
             if self.inference_delay_s > 0:
                 time.sleep(self.inference_delay_s)
@@ -194,10 +350,13 @@ class Session:
                 if problem is not None and problem != self._rtc_problem:
                     _LOG.warning(problem)
                 self._rtc_problem = problem
-            if not self.executor.add_chunk(result.actions, obs_time, self.sequence + 1):
-                return  # not newer than a queued chunk: never executed, so not published
-            self.sequence += 1
-            self.fault = None
+            with self._lock:
+                if epoch != self.epoch:  # enabled/disabled meanwhile: planned for another run
+                    return
+                if not self.executor.add_chunk(result.actions, obs_time, self.sequence + 1):
+                    return  # not newer than a queued chunk: never executed, so not published
+                self.sequence += 1
+                self.fault, self.fatal = None, False
             self.status.add_latency(result.timing[TIME_TOTAL])
             self._publish_chunk(result, obs_time, instruction, self.sequence)
         finally:
@@ -213,7 +372,10 @@ class Session:
 
     def inference_failed(self, error: Exception) -> str:
         """Count a failed inference, drop the plan; return the message to report."""
-        self.status.failures += 1
-        self.fault = f'inference failed: {error}'
-        self.reset_pending = True
-        return self.fault
+        with self._lock:
+            self.status.failures += 1
+            self.fatal = not isinstance(error, RECOVERABLE_ERRORS)
+            needs = ' (needs attention: the robot cannot recover from it by itself)'
+            self.fault = f'inference failed: {error}' + (needs if self.fatal else '')
+            self._drop_plan()
+            return self.fault

@@ -122,6 +122,19 @@ class StatusSnapshot:
     inference_failures: int
     # Control ticks that raised (the loop held and kept running); /diagnostics only.
     tick_errors: int = 0
+    # Stamp minus arrival (s) of each input's newest message; empty when not known.
+    input_skews: tuple[float, ...] = ()
+
+    @classmethod
+    def idle(cls, state: NodeState, detail: str, *, embodiment: str = '',
+             last_error: str = '') -> 'StatusSnapshot':
+        """Return the status of a node with no run (unconfigured, or a failed configure)."""
+        return cls(state=state, detail=detail, embodiment=embodiment, instruction='',
+                   enabled=False, latency_last=0.0, latency_p50=0.0, latency_p99=0.0,
+                   rate_achieved=0.0, rate_target=0.0, input_names=(), input_ages=(),
+                   max_age=0.0, chunk_sequence=0, chunk_index=0, chunk_length=0, chunk_age=0.0,
+                   last_error=last_error, ticks=0, hold_ticks=0, clamped_commands=0,
+                   inference_failures=0)
 
 
 class StatusReporter:
@@ -144,7 +157,9 @@ class StatusReporter:
 
         """
         self._embodiment, self._executor = embodiment, executor
-        self._buffer, self._safety, self._max_age = buffer, safety, max_age
+        self._buffer, self._safety = buffer, safety
+        # Age (s) beyond which an input is stale (may be changed while running).
+        self.max_age = max_age
         self.state, self.detail, self.last_error = NodeState.INACTIVE, '', ''
         self.ticks = self.hold_ticks = self.failures = self.tick_errors = 0
         self.latency = LatencyWindow(latency_window)
@@ -187,7 +202,8 @@ class StatusReporter:
             rate_achieved=self.rate.rate(now) if running else 0.0,
             rate_target=self._executor.config.control_rate_hz,
             input_names=self._buffer.names, input_ages=self._buffer.ages(now),
-            max_age=self._max_age, chunk_sequence=max(progress.sequence, 0),
+            input_skews=self._buffer.skews(),
+            max_age=self.max_age, chunk_sequence=max(progress.sequence, 0),
             chunk_index=max(progress.index, 0), chunk_length=progress.length,
             chunk_age=progress.chunk_age or 0.0, last_error=self.last_error,
             ticks=self.ticks, hold_ticks=self.hold_ticks,
