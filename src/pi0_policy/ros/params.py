@@ -67,13 +67,17 @@ class ParamSpec:
     range: tuple[float, float] | None = None  # noqa: A003 - the ROS descriptor's word
     # Allowed values of a string parameter; empty when free text.
     choices: tuple[str, ...] = ()
-    # When a new value takes effect.
-    apply: Apply = Apply.CONFIGURE
+    # When a new value takes effect; None: READ_ONLY if read_only is set, else CONFIGURE.
+    apply: Apply | None = None
+    # Shorthand for apply=Apply.READ_ONLY (rclpy refuses every set after start-up).
+    read_only: bool = False
 
-    @property
-    def read_only(self) -> bool:
-        """Return whether rclpy refuses every set after start-up."""
-        return self.apply == Apply.READ_ONLY
+    def __post_init__(self) -> None:
+        """Resolve ``apply`` and ``read_only`` into one consistent pair."""
+        if self.apply is None:
+            object.__setattr__(self, 'apply', Apply.READ_ONLY if self.read_only
+                               else Apply.CONFIGURE)
+        object.__setattr__(self, 'read_only', self.apply == Apply.READ_ONLY)
 
     @property
     def type(self) -> type:  # noqa: A003 - the ROS descriptor's word
