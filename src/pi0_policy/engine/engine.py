@@ -12,8 +12,9 @@ device (``pi0_policy.engine.compute``), and runs sampling as:
 - per step, only the action-time MLP and the action expert (``denoise``), optionally through
   ``torch.compile``.
 
-RTC guidance needs a vector-Jacobian product through the action expert; the engine then runs the
-guided steps through the model's differentiable ``denoise_step`` against its own prefix cache.
+RTC guidance needs a vector-Jacobian product through the action expert; the engine's step is
+differentiable in x_t too (its in-place K/V buffer writes and GELU product are autograd-safe), so
+guided steps run the same fused path forward and backward.
 ``test/test_engine.py`` proves the engine equal to the model.
 
 Shape letters: B batch, S prefix tokens, H horizon, A action dim, K kv heads, E head dim,
@@ -224,10 +225,12 @@ class Pi0Engine:
             cache = self.run_prefix(*self.embed_prefix(images, image_masks, tokens, token_masks))
             guided = (prior is not None and not self.config.delay_conditioned
                       and prior.max_weight > 0 and bool(prior.weights.any()))
-            if guided:
-                return euler_sample(model.denoise_step, self.config, cache, state,
-                                    noise.float(), grid, prior)
-            ctx = self.prepare_denoise(cache, state)
+            if guided:  # autograd through the fused step: a context of normal tensors
+                with torch.inference_mode(False):
+                    cache = cache.detached()
+                    ctx = self.prepare_denoise(cache, state.clone())
+            else:
+                ctx = self.prepare_denoise(cache, state)
 
             def step(_cache: PrefixCache, _state: torch.Tensor, x_t: torch.Tensor,
                      time: torch.Tensor) -> torch.Tensor:
