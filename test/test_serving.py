@@ -19,6 +19,7 @@ import msgpack
 import numpy as np
 from openpi_client import msgpack_numpy as openpi_msgpack
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
+from pi0_policy.runtime.executor_base import RTC_DELAY_KEY, RTC_EXECUTE_KEY, RTC_LEFTOVER_KEY
 from pi0_policy.runtime.pipeline import NOISE_KEY
 from pi0_policy.runtime.policy import Pi0Policy
 from pi0_policy.serving import codec
@@ -353,3 +354,20 @@ def test_subprocess_backend_survives_a_killed_server():
     finally:
         child.close()
     assert child.pid is None
+
+
+def test_remote_policy_carries_the_rtc_keys(server, aloha_policy):
+    """The leftover, d and s travel as request keys; the server answers with the delay used."""
+    remote = RemotePolicy(aloha_policy.adapter, RemoteConfig(url=server.url))
+    try:
+        obs = observation(aloha_policy, 6)
+        first = aloha_policy.infer(obs)
+        guided = {**obs, RTC_LEFTOVER_KEY: first.actions[20:], RTC_DELAY_KEY: 4,
+                  RTC_EXECUTE_KEY: 20}
+        result = remote.infer(guided)
+        assert result.rtc_delay == 4
+        np.testing.assert_allclose(result.actions, aloha_policy.infer(guided).actions,
+                                   atol=BATCH_ATOL)
+        assert remote.infer(obs).rtc_delay is None  # no keys: no guidance
+    finally:
+        remote.close()

@@ -34,7 +34,8 @@ from pi0_policy.runtime.policy import (
 from pi0_policy.serving import codec
 from pi0_policy.serving.formats import ObservationMapping, serving_for
 from pi0_policy.serving.server import (
-    ACTIONS_KEY, AUTH_HEADER, AUTH_SCHEME, POLICY_TIMING_KEY, SERVER_TIMING_KEY)
+    ACTIONS_KEY, AUTH_HEADER, AUTH_SCHEME, POLICY_TIMING_KEY, RTC_DELAY_RESPONSE_KEY,
+    SERVER_TIMING_KEY)
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
@@ -300,7 +301,7 @@ class RemotePolicy:
             actions=actions, unified_actions=np.asarray(self.adapter.actions_to_unified(actions)),
             timing=MappingProxyType(timing), prompt=str(observation.get(PROMPT_KEY, '')),
             tokens=np.zeros(0, np.int64), num_tokens=0, prompt_truncated=False,
-            image_masks=masks)
+            image_masks=masks, rtc_delay=_rtc_delay(response.get(RTC_DELAY_RESPONSE_KEY)))
 
     def _check_metadata(self) -> None:
         dim, horizon = self.metadata.get('action_dim'), self.metadata.get('action_horizon')
@@ -421,3 +422,10 @@ class RemotePolicy:
 
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float, np.number)) else None
+
+
+def _rtc_delay(value: Any) -> int | None:
+    """Return the RTC delay a server reports, or None (no guidance, or a server without RTC)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        return None
+    return int(value)

@@ -9,7 +9,9 @@ robot-config name differs from openpi's); a robot not in the table speaks the AL
 its own camera names. ``ObservationMapping`` binds a format to a robot and converts both ways:
 the server turns a request into the observation of ``Pi0Policy.infer``; the node's remote
 backend turns its observation into the request. Values are in the robot's own units and order
-(its robot config), as ``Pi0Policy.infer`` takes them.
+(its robot config), as ``Pi0Policy.infer`` takes them. Optional extra keys pass through both
+ways: ``noise`` and the Real-Time Chunking keys (``RTC_KEYS``: the previous chunk's leftover in
+robot units, the delay d and the execution horizon s).
 """
 
 from __future__ import annotations
@@ -23,8 +25,13 @@ from typing import Any
 
 from embodiment_adapters import EmbodimentAdapter
 import numpy as np
+from pi0_policy.runtime.executor_base import RTC_DELAY_KEY, RTC_EXECUTE_KEY, RTC_LEFTOVER_KEY
 from pi0_policy.runtime.pipeline import (
     IMAGES_KEY, NOISE_KEY, Observation, PROMPT_KEY, STATE_KEY)
+
+# Optional Real-Time Chunking request keys (runtime.executor_base); servers that do not know them
+# answer without guidance.
+RTC_KEYS = (RTC_LEFTOVER_KEY, RTC_DELAY_KEY, RTC_EXECUTE_KEY)
 
 # An openpi request / observation dict as it travels ({key: ndarray | str}).
 OpenpiObservation = dict[str, Any]
@@ -215,12 +222,12 @@ class ObservationMapping:
         if not isinstance(request, Mapping):
             raise ValueError(f'A request must be a dict with the keys {self.keys}; got '
                              f'{type(request).__name__}.')
-        allowed = set(self.keys) | {NOISE_KEY}
+        allowed = set(self.keys) | {NOISE_KEY, *RTC_KEYS}
         unknown = sorted(str(k) for k in request if k not in allowed)
         if unknown:
             raise ValueError(f'Request has unknown keys {unknown}; robot {self.adapter.name!r} '
                              f'({self.format.name} format) takes {self.keys} (+ optional '
-                             f'{NOISE_KEY!r}).')
+                             f'{[NOISE_KEY, *RTC_KEYS]}).')
         missing = [k for k in (*self.state_indices, self.format.prompt_key) if k not in request]
         missing += [k for cam, k in self.image_keys.items()
                     if cam in self.required_cameras and k not in request]
@@ -245,6 +252,11 @@ class ObservationMapping:
         if NOISE_KEY in request:
             # A writable copy: decoded arrays view the (read-only) frame.
             observation[NOISE_KEY] = np.array(request[NOISE_KEY], dtype=np.float32)
+        if RTC_LEFTOVER_KEY in request:
+            observation[RTC_LEFTOVER_KEY] = np.array(request[RTC_LEFTOVER_KEY], dtype=np.float64)
+        for key in (RTC_DELAY_KEY, RTC_EXECUTE_KEY):
+            if key in request:
+                observation[key] = request[key]  # Pi0Policy.infer checks the values
         return observation
 
     def to_request(self, observation: Observation) -> OpenpiObservation:
@@ -264,4 +276,10 @@ class ObservationMapping:
         request[self.format.prompt_key] = observation[PROMPT_KEY]
         if NOISE_KEY in observation:
             request[NOISE_KEY] = np.asarray(observation[NOISE_KEY], dtype=np.float32)
+        if RTC_LEFTOVER_KEY in observation:
+            request[RTC_LEFTOVER_KEY] = np.ascontiguousarray(observation[RTC_LEFTOVER_KEY],
+                                                             dtype=np.float64)
+        for key in (RTC_DELAY_KEY, RTC_EXECUTE_KEY):
+            if key in observation:
+                request[key] = int(observation[key])
         return request

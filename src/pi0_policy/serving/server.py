@@ -55,6 +55,8 @@ AUTH_SCHEME = 'Api-Key'
 ACTIONS_KEY = 'actions'
 POLICY_TIMING_KEY = 'policy_timing'
 SERVER_TIMING_KEY = 'server_timing'
+# Present when the chunk was sampled with Real-Time Chunking: the delay d it used (chunk steps).
+RTC_DELAY_RESPONSE_KEY = 'rtc_delay'
 # The close reason is a control frame payload (at most 123 bytes).
 MAX_CLOSE_REASON = 120
 # Line printed (and flushed) once the server listens; the subprocess backend waits for it.
@@ -204,12 +206,15 @@ class PolicyServer:
                 server_timing = {'infer_ms': batch_ms, 'batch_size': batch_size}
                 if prev_total_ms is not None:
                     server_timing['prev_total_ms'] = prev_total_ms
-                await ws.send(codec.packb({
+                response = {
                     ACTIONS_KEY: outcome.actions,
                     POLICY_TIMING_KEY: {'infer_ms': outcome.timing[TIME_TOTAL],
                                         'model_ms': outcome.timing[TIME_MODEL]},
                     SERVER_TIMING_KEY: server_timing,
-                }))
+                }
+                if outcome.rtc_delay is not None:
+                    response[RTC_DELAY_RESPONSE_KEY] = outcome.rtc_delay
+                await ws.send(codec.packb(response))
                 self.requests += 1
                 prev_total_ms = (time.perf_counter() - start) * MS_PER_S
         except ConnectionClosed:
