@@ -121,6 +121,57 @@ class AlohaSimConfig:
                              'positive.')
 
 
+# gym-aloha's reward stages of the tasks: 0 nothing, up to 4 = task solved.
+TRANSFER_CUBE_MAX_REWARD = 4
+# Contact geoms of the transfer-cube reward.
+CUBE_GEOM = 'red_box'
+TABLE_GEOM = 'table'
+LEFT_GRIPPER_FINGER_GEOM = 'vx300s_left/10_left_gripper_finger'
+RIGHT_GRIPPER_FINGER_GEOM = 'vx300s_right/10_right_gripper_finger'
+
+
+def contact_pairs(physics: Any) -> set[tuple[str, str]]:
+    """Return the (geom, geom) name pairs in contact in a dm_control physics, both orders."""
+    model, data = physics.model, physics.data
+    pairs = set()
+    for k in range(data.ncon):
+        a = model.id2name(data.contact[k].geom1, 'geom')
+        b = model.id2name(data.contact[k].geom2, 'geom')
+        pairs |= {(a, b), (b, a)}
+    return pairs
+
+
+def transfer_cube_stage(pairs: set[tuple[str, str]]) -> int:
+    """
+    Return gym-aloha's transfer-cube reward stage of a set of contacts.
+
+    1: the right gripper touches the cube; 2: and the cube is off the table (lifted); 3: the
+    left gripper touches the cube (transfer attempted); 4: and the cube is off the table.
+    """
+    right = (CUBE_GEOM, RIGHT_GRIPPER_FINGER_GEOM) in pairs
+    left = (CUBE_GEOM, LEFT_GRIPPER_FINGER_GEOM) in pairs
+    table = (CUBE_GEOM, TABLE_GEOM) in pairs
+    if left:
+        return 3 if table else 4
+    if right:
+        return 1 if table else 2
+    return 0
+
+
+def task_reward(physics: Any, task: str) -> int:
+    """
+    Return the reward stage of ``task`` in a scene's current state.
+
+    Raises:
+        ValueError: No reward is defined for ``task`` here (only 'transfer_cube').
+
+    """
+    if task != 'transfer_cube':
+        raise ValueError(f'No reward for ALOHA sim task {task!r}; rewards exist for '
+                         "['transfer_cube'].")
+    return transfer_cube_stage(contact_pairs(physics))
+
+
 class TrajectoryTarget:
     """
     Position targets that follow a joint trajectory in time, like a joint_trajectory_controller.
@@ -407,6 +458,10 @@ class AlohaSim:
         """Return the opening fraction of a scene left-finger position."""
         low, high = self._ctrl_low[actuator], self._ctrl_high[actuator]
         return float(np.clip((finger - low) / (high - low), 0.0, 1.0))
+
+    def reward(self) -> int:
+        """Return gym-aloha's reward stage of the task in the current state (0..4)."""
+        return task_reward(self._physics, self._config.task)
 
     def step(self, periods: int = 1) -> None:
         """

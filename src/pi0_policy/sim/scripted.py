@@ -1,0 +1,482 @@
+"""
+Scripted demonstrations of gym-aloha's transfer-cube task (pure Python, no rclpy).
+
+The recipe of the ACT work: plan the motion in the sim's end-effector scene, where a mocap body
+is welded to each gripper and simply moved along waypoints computed from the cube's randomised
+pose; record the joint angles the arms take there; then replay that joint trajectory as position
+commands in the joint-space scene (:class:`pi0_policy.sim.aloha.AlohaSim`), which is what a
+policy, a teleoperator or the ROS 2 sim node drives. The right arm picks the cube up and brings
+it to a meeting point above the table centre, the left arm takes it over, the right arm lets go.
+
+Units: arm joints in rad; grippers as an opening fraction (0 closed .. 1 open) until converted
+to the robot's gripper joint (rad) by :meth:`ScriptedEpisode.commands`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+import math
+
+import numpy as np
+
+from pi0_policy.sim.aloha import (
+    AlohaSim, ARM_DOF, GripperCalibration, INTERBOTIX_ROS2_GRIPPER, select_headless_gl, SIDES,
+    task_reward, TRANSFER_CUBE_MAX_REWARD)
+
+# Control periods of one episode (gym-aloha: 400 steps of 0.02 s = 8 s).
+EPISODE_STEPS = 400
+# Where the right arm hands the cube to the left arm (world frame, m).
+MEET_XYZ = (0.0, 0.5, 0.25)
+# Gripper link body of each arm in the scenes; the end-effector scene welds a mocap body to it.
+GRIPPER_BODY = 'vx300s_{side}/gripper_link'
+END_EFFECTOR_SCENE = 'bimanual_viperx_end_effector_transfer_cube.xml'
+CUBE_JOINT = 'red_box_joint'
+FINGER_GEOM = 'vx300s_{side}/10_{finger}_gripper_finger'
+OPEN, CLOSED = 1.0, 0.0
+PICK_DZ = -0.055
+# The left gripper lines up this far short of its grasp point, then moves in (m).
+APPROACH = np.array([-0.03, 0.0, 0.0])
+# Where the left gripper takes the cube after grasping, relative to the grasp point (m).
+RETREAT = np.array([-0.1, 0.0, 0.02])
+# Step (of 400) at which the right gripper holds the cube at the meeting point.
+HANDOVER_STEP = 220
+# Last step (of 400) at which the left gripper's grasp point follows the cube.
+AIM_UNTIL_STEP = 270
+# Step (of 400) at which the right gripper starts to open (the left one has closed).
+RELEASE_STEP = 310
+# Orientation of both mocap bodies at the start of an episode (w, x, y, z).
+MOCAP_START_QUAT = (1.0, 0.0, 0.0, 0.0)
+# Joints of one arm in the scenes' qpos: 6 arm joints, then the two fingers.
+ARM_QPOS = 8
+
+
+@dataclass(frozen=True)
+class Waypoint:
+    """A gripper pose reached at a control step; poses between waypoints are interpolated."""
+
+    # Control step at which the pose is reached.
+    step: int
+    # (3,) gripper link position in the world frame (m).
+    xyz: tuple[float, float, float]
+    # (4,) orientation quaternion (w, x, y, z).
+    quat: tuple[float, float, float, float]
+    # Opening fraction of the gripper (0 closed .. 1 open).
+    gripper: float
+
+
+def axis_angle_quat(axis: Sequence[float], degrees: float) -> np.ndarray:
+    """Return the unit quaternion (w, x, y, z) of a rotation by ``degrees`` about ``axis``."""
+    axis = np.asarray(axis, np.float64)
+    half = math.radians(degrees) / 2.0
+    return np.concatenate([[math.cos(half)], math.sin(half) * axis / np.linalg.norm(axis)])
+
+
+def quat_multiply(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
+    """Return the Hamilton product ``a * b`` of two quaternions (w, x, y, z)."""
+    aw, ax, ay, az = a
+    bw, bx, by, bz = b
+    return np.array([aw * bw - ax * bx - ay * by - az * bz,
+                     aw * bx + ax * bw + ay * bz - az * by,
+                     aw * by - ax * bz + ay * bw + az * bx,
+                     aw * bz + ax * by - ay * bx + az * bw])
+
+
+def rotate(quat: Sequence[float], vector: Sequence[float]) -> np.ndarray:
+    """Return ``vector`` (3,) rotated by the unit quaternion ``quat`` (w, x, y, z)."""
+    w, xyz = quat[0], np.asarray(quat[1:], np.float64)
+    v = np.asarray(vector, np.float64)
+    t = 2.0 * np.cross(xyz, v)
+    return v + w * t + np.cross(xyz, t)
+
+
+def _waypoint(step: int, xyz: Sequence[float], quat: Sequence[float],
+              gripper: float) -> Waypoint:
+    """Build a waypoint from arrays."""
+    return Waypoint(step, tuple(float(v) for v in xyz), tuple(float(v) for v in quat),
+                    float(gripper))
+
+
+def transfer_cube_waypoints(cube_xyz: Sequence[float], left_start: Waypoint,
+                            right_start: Waypoint, steps: int = EPISODE_STEPS
+                            ) -> dict[str, list[Waypoint]]:
+    """
+    Plan both grippers' waypoints for handing the cube from the right arm to the left arm.
+
+    The timing is for a 400-step episode and is scaled to ``steps``: the right gripper
+    descends onto the cube tilted 60 degrees about y and closes (steps 0-170), carries it to
+    the meeting point (-220); the left gripper, turned 90 degrees about x, comes in from the
+    left (-260), closes (-310) while the right one opens, and both move apart (-360).
+
+    Args:
+        cube_xyz: (3,) cube centre in the world frame (m).
+        left_start: The left gripper's pose at step 0.
+        right_start: The right gripper's pose at step 0.
+        steps: Episode length in control steps (>= 100).
+
+    Returns:
+        ``{'left': [...], 'right': [...]}``, waypoints in increasing step order.
+
+    Raises:
+        ValueError: ``steps`` < 100.
+
+    """
+    if steps < 100:
+        raise ValueError(f'A transfer-cube episode needs >= 100 steps; got {steps}.')
+    cube = np.asarray(cube_xyz, np.float64)
+    meet = np.asarray(MEET_XYZ)
+
+    def at(step_of_400: int) -> int:
+        return round(step_of_400 * steps / EPISODE_STEPS)
+
+    pick = quat_multiply(right_start.quat, axis_angle_quat([0.0, 1.0, 0.0], -60.0))
+    meet_left = axis_angle_quat([1.0, 0.0, 0.0], 90.0)
+    # The left gripper waits beside the meeting point; handover_waypoints() plans the rest
+    # once the cube has arrived there.
+    left = [
+        _waypoint(0, left_start.xyz, left_start.quat, CLOSED),
+        _waypoint(at(100), meet + [-0.1, 0.0, 0.0], meet_left, OPEN),
+        _waypoint(steps, meet + [-0.1, 0.0, 0.0], meet_left, OPEN),
+    ]
+    right = [
+        _waypoint(0, right_start.xyz, right_start.quat, CLOSED),
+        _waypoint(at(90), cube + [0.0, 0.0, 0.08], pick, OPEN),  # above the cube
+        _waypoint(at(130), cube + [0.0, 0.0, PICK_DZ], pick, OPEN),  # down around it
+        _waypoint(at(170), cube + [0.0, 0.0, PICK_DZ], pick, CLOSED),  # grasp
+        _waypoint(at(200), meet + [0.05, 0.0, 0.0], pick, CLOSED),  # lift towards the meeting
+        _waypoint(at(220), meet, pick, CLOSED),
+        _waypoint(at(RELEASE_STEP), meet, pick, CLOSED),
+        _waypoint(at(RELEASE_STEP + 20), meet, pick, OPEN),  # release: the left one holds it
+        _waypoint(at(360), meet + [0.1, 0.0, 0.0], pick, OPEN),  # move away
+        _waypoint(steps, meet + [0.1, 0.0, 0.0], pick, OPEN),
+    ]
+    return {'left': left, 'right': right}
+
+
+def handover_waypoints(now: int, current: Waypoint, grasp_xyz: Sequence[float],
+                       steps: int = EPISODE_STEPS) -> list[Waypoint]:
+    """
+    Plan the left gripper's part of the hand-over from step ``now`` on.
+
+    It lines up beside the cube (``APPROACH`` short of the grasp point along -x, at its height),
+    moves in (-260 of 400), closes (-310) while the right gripper opens, and pulls the cube
+    away to the left (-360).
+
+    Args:
+        now: The current step (the right gripper has reached the meeting point).
+        current: The left gripper's current target pose.
+        grasp_xyz: (3,) where the left gripper's mocap must be for the cube to sit between its
+            fingers.
+        steps: Episode length in control steps.
+
+    Returns:
+        The left gripper's waypoints from ``now`` to the end.
+
+    """
+    def at(step_of_400: int) -> int:
+        return max(now, round(step_of_400 * steps / EPISODE_STEPS))
+
+    grasp = np.asarray(grasp_xyz, np.float64)
+    quat = current.quat
+    return [
+        current if current.step == now else _waypoint(now, current.xyz, quat, OPEN),
+        _waypoint(at(240), grasp + APPROACH, quat, OPEN),
+        _waypoint(at(270), grasp, quat, OPEN),
+        _waypoint(at(300), grasp, quat, CLOSED),
+        _waypoint(at(360), grasp + RETREAT, quat, CLOSED),
+        _waypoint(steps, grasp + RETREAT, quat, CLOSED),
+    ]
+
+
+def pose_at(waypoints: Sequence[Waypoint], step: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """
+    Interpolate a gripper pose between waypoints.
+
+    Position and opening are interpolated linearly; the orientation by normalised linear
+    interpolation of the quaternions (on the shorter arc). Before the first waypoint the
+    first pose holds, after the last one the last pose.
+
+    Returns:
+        (xyz (3,), quat (4,), gripper opening).
+
+    """
+    if step <= waypoints[0].step:
+        w = waypoints[0]
+        return np.array(w.xyz), np.array(w.quat), w.gripper
+    for a, b in zip(waypoints, waypoints[1:]):
+        if step <= b.step:
+            f = (step - a.step) / max(b.step - a.step, 1)
+            qa, qb = np.array(a.quat), np.array(b.quat)
+            if np.dot(qa, qb) < 0.0:
+                qb = -qb
+            quat = (1 - f) * qa + f * qb
+            xyz = (1 - f) * np.array(a.xyz) + f * np.array(b.xyz)
+            return xyz, quat / np.linalg.norm(quat), (1 - f) * a.gripper + f * b.gripper
+    w = waypoints[-1]
+    return np.array(w.xyz), np.array(w.quat), w.gripper
+
+
+@dataclass(frozen=True)
+class ScriptedEpisode:
+    """A planned demonstration: the joint trajectory to replay in the joint-space scene."""
+
+    # Seed of the cube pose (gym_aloha.utils.sample_box_pose).
+    seed: int
+    # (7,) cube pose: position (m) and quaternion.
+    cube_pose: np.ndarray
+    # (T, 6) left and right arm joint targets (rad), one row per control step.
+    left_arm: np.ndarray
+    right_arm: np.ndarray
+    # (T,) commanded gripper openings (0 closed .. 1 open).
+    left_gripper: np.ndarray
+    right_gripper: np.ndarray
+    # Highest task reward reached in the end-effector scene (0..4).
+    planned_reward: int
+
+    @property
+    def steps(self) -> int:
+        """Return the number of control steps T."""
+        return len(self.left_arm)
+
+    def commands(self, gripper: GripperCalibration = INTERBOTIX_ROS2_GRIPPER) -> np.ndarray:
+        """
+        Return the (T, 14) commands in ALOHA robot order and units.
+
+        Order: left waist..wrist_rotate, left gripper, right waist..wrist_rotate, right gripper;
+        arm joints in rad, grippers as the gripper motor joint (rad) of ``gripper``.
+        """
+        to_joint = np.vectorize(gripper.fraction_to_joint, otypes=[np.float64])
+        return np.concatenate([self.left_arm, to_joint(self.left_gripper)[:, None],
+                               self.right_arm, to_joint(self.right_gripper)[:, None]], axis=1)
+
+
+class EndEffectorScene:
+    """gym-aloha's end-effector scene: grippers follow mocap bodies, fingers by position."""
+
+    def __init__(self, control_period: float = 0.02) -> None:
+        """Load the scene (MuJoCo through dm_control)."""
+        select_headless_gl()
+        from dm_control import mujoco
+        from gym_aloha import constants
+        self._constants = constants
+        self._physics = mujoco.Physics.from_xml_path(str(constants.ASSETS_DIR / END_EFFECTOR_SCENE))
+        model = self._physics.model
+        self._substeps = max(1, int(round(control_period / model.opt.timestep)))
+        # Finger actuators in ctrl: left arm (left, right finger), right arm (left, right).
+        self._finger_low = float(model.actuator_ctrlrange[0, 0])
+        self._finger_high = float(model.actuator_ctrlrange[0, 1])
+        self._cube_qpos = int(model.jnt_qposadr[model.name2id(CUBE_JOINT, 'joint')])
+        # MuJoCo takes a weld's relative pose from the model's reference configuration (qpos0):
+        # there the mocaps sit at their XML positions with the identity orientation, offset
+        # from the gripper links. Waypoints are gripper link poses, so each mocap target is
+        # shifted by that offset, rotated with the gripper (see _mocap_position).
+        physics = self._physics
+        with physics.reset_context():
+            pass
+        self._weld_offset = {
+            side: physics.named.data.xpos[GRIPPER_BODY.format(side=side)]
+            - physics.data.mocap_pos[index] for index, side in enumerate(SIDES)}
+
+    def reset(self, cube_pose: np.ndarray) -> dict[str, Waypoint]:
+        """
+        Put the arms in the start pose, the cube at ``cube_pose`` and the mocaps on the grippers.
+
+        Returns:
+            The gripper pose of each side (step 0, gripper closed).
+
+        """
+        physics = self._physics
+        start = np.asarray(self._constants.START_ARM_POSE, np.float64)
+        with physics.reset_context():
+            physics.data.qpos[:len(start)] = start
+            physics.data.qpos[self._cube_qpos:self._cube_qpos + 7] = cube_pose
+        poses = {}
+        for index, side in enumerate(SIDES):
+            # The welds were compiled with the mocaps at the identity orientation and the arms
+            # at qpos0, so a mocap at the identity holds the gripper in its zero-pose
+            # orientation; its position is the gripper link's origin.
+            xyz = physics.named.data.xpos[GRIPPER_BODY.format(side=side)].copy()
+            physics.data.mocap_pos[index] = xyz
+            physics.data.mocap_quat[index] = MOCAP_START_QUAT
+            poses[side] = _waypoint(0, xyz, MOCAP_START_QUAT, CLOSED)
+        self._set_fingers(CLOSED, CLOSED)
+        return poses
+
+    def _mocap_position(self, side: str, xyz: np.ndarray, quat: Sequence[float]) -> np.ndarray:
+        """Return where the mocap goes for the gripper link of ``side`` to be at ``xyz``."""
+        return np.asarray(xyz) - rotate(quat, self._weld_offset[side])
+
+    def _set_fingers(self, left: float, right: float) -> None:
+        """Command both grippers' fingers from opening fractions."""
+        span = self._finger_high - self._finger_low
+        fingers = [self._finger_low + f * span for f in (left, right)]
+        self._physics.data.ctrl[:] = [fingers[0], -fingers[0], fingers[1], -fingers[1]]
+
+    def step(self, targets: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> None:
+        """Move the mocaps to ``targets[side] = (xyz, quat, opening)`` and advance one period."""
+        for index, side in enumerate(SIDES):
+            xyz, quat, _ = targets[side]
+            self._physics.data.mocap_pos[index] = xyz
+            self._physics.data.mocap_quat[index] = quat
+        self._set_fingers(targets['left'][2], targets['right'][2])
+        self._physics.step(self._substeps)
+
+    def arm_joints(self, side: str) -> np.ndarray:
+        """Return the (6,) joint angles of one arm (rad)."""
+        start = SIDES.index(side) * ARM_QPOS
+        return self._physics.data.qpos[start:start + ARM_DOF].copy()
+
+    def cube_position(self) -> np.ndarray:
+        """Return the (3,) position of the cube's centre (m)."""
+        return self._physics.data.qpos[self._cube_qpos:self._cube_qpos + 3].copy()
+
+    def finger_offset(self, side: str, mocap_xyz: np.ndarray) -> np.ndarray:
+        """Return the (3,) midpoint of a gripper's two fingers relative to its mocap target."""
+        named = self._physics.named.data.geom_xpos
+        fingers = [named[FINGER_GEOM.format(side=side, finger=f)] for f in ('left', 'right')]
+        return np.mean(fingers, axis=0) - mocap_xyz
+
+    def reward(self) -> int:
+        """Return the transfer-cube reward stage of the current contacts."""
+        return task_reward(self._physics, 'transfer_cube')
+
+    def close(self) -> None:
+        """Free the scene."""
+        self._physics.free()
+
+
+def sample_cube_pose(seed: int) -> np.ndarray:
+    """Return gym-aloha's randomised (7,) cube pose for ``seed``."""
+    from gym_aloha.utils import sample_box_pose
+    return np.asarray(sample_box_pose(seed), np.float64)
+
+
+def plan_transfer_cube(seed: int, steps: int = EPISODE_STEPS,
+                       scene: EndEffectorScene | None = None) -> ScriptedEpisode:
+    """
+    Plan one demonstration in the end-effector scene for the cube pose of ``seed``.
+
+    Args:
+        seed: Seed of the cube pose (the joint-space sim's ``reset(seed)`` uses the same).
+        steps: Episode length in control steps.
+        scene: A scene to reuse (loading one takes a while); a new one when None.
+
+    Returns:
+        The joint trajectory: row t is the joint pose the end-effector scene reached after t
+        steps (row 0 the start pose), with the commanded gripper openings.
+
+    """
+    own = scene is None
+    scene = scene or EndEffectorScene()
+    try:
+        cube = sample_cube_pose(seed)
+        start = scene.reset(cube)
+        plan = transfer_cube_waypoints(cube[:3], start['left'], start['right'], steps)
+        arms = {side: [scene.arm_joints(side)] for side in SIDES}
+        grippers = {side: [] for side in SIDES}
+        best = 0
+        handover = round(HANDOVER_STEP * steps / EPISODE_STEPS)
+        aim_until = round(AIM_UNTIL_STEP * steps / EPISODE_STEPS)
+        for t in range(steps):
+            if t == handover:
+                waiting = _waypoint(t, *pose_at(plan['left'], t))
+                offset = scene.finger_offset('left', np.array(waiting.xyz))
+            if handover <= t <= aim_until:  # follow the cube while it settles in the grip
+                plan['left'] = handover_waypoints(
+                    handover, waiting, scene.cube_position() - offset, steps)
+            targets = {side: pose_at(plan[side], t) for side in SIDES}
+            for side in SIDES:
+                grippers[side].append(targets[side][2])
+            scene.step(targets)
+            best = max(best, scene.reward())
+            if t + 1 < steps:
+                for side in SIDES:
+                    arms[side].append(scene.arm_joints(side))
+    finally:
+        if own:
+            scene.close()
+    return ScriptedEpisode(seed=seed, cube_pose=cube, left_arm=np.array(arms['left']),
+                           right_arm=np.array(arms['right']),
+                           left_gripper=np.array(grippers['left']),
+                           right_gripper=np.array(grippers['right']), planned_reward=best)
+
+
+# Called after each replayed step with (step index, the (14,) command just applied, reward).
+StepCallback = Callable[[int, np.ndarray, int], None]
+
+
+def replay(sim: AlohaSim, episode: ScriptedEpisode,
+           on_step: StepCallback | None = None) -> list[int]:
+    """
+    Replay a planned episode in the joint-space sim, one command per control period.
+
+    The sim is reset to the episode's cube pose first. ``on_step`` sees every command after
+    the sim has stepped with it (observe the sim *before* applying a command by observing in
+    the previous call, or before calling ``replay`` for the first).
+
+    Returns:
+        The task reward after each step, (T,) ints.
+
+    """
+    sim.reset(episode.seed)
+    commands = episode.commands(sim.config.gripper)
+    rewards = []
+    for t, command in enumerate(commands):
+        apply_command(sim, command)
+        sim.step()
+        rewards.append(sim.reward())
+        if on_step is not None:
+            on_step(t, command, rewards[-1])
+    return rewards
+
+
+def apply_command(sim: AlohaSim, command: np.ndarray) -> None:
+    """Set the sim's targets from one (14,) command in ALOHA robot order and units."""
+    for index, side in enumerate(SIDES):
+        part = command[index * (ARM_DOF + 1):(index + 1) * (ARM_DOF + 1)]
+        sim.set_arm_target(side, part[:ARM_DOF])
+        sim.set_gripper_target(side, float(part[ARM_DOF]))
+
+
+@dataclass(frozen=True)
+class StageReport:
+    """Success of a set of transfer-cube episodes by reward stage."""
+
+    # Highest reward of every episode, in order.
+    max_rewards: tuple[int, ...]
+
+    @property
+    def episodes(self) -> int:
+        """Return the number of episodes."""
+        return len(self.max_rewards)
+
+    @property
+    def success_rate(self) -> float:
+        """Return the fraction of episodes that reached the final stage (NaN without any)."""
+        return self.stage_rate(TRANSFER_CUBE_MAX_REWARD)
+
+    def stage_rate(self, stage: int) -> float:
+        """Return the fraction of episodes whose highest reward is >= ``stage``."""
+        if not self.max_rewards:
+            return math.nan
+        return sum(r >= stage for r in self.max_rewards) / len(self.max_rewards)
+
+    def as_dict(self) -> dict:
+        """Return a JSON-serialisable summary (rates per stage name)."""
+        return {
+            'episodes': self.episodes,
+            'success_rate': self.success_rate,
+            'stages': {name: self.stage_rate(stage) for stage, name in STAGE_NAMES.items()},
+            'max_rewards': list(self.max_rewards),
+        }
+
+    def describe(self) -> str:
+        """Return a one-line summary."""
+        stages = ', '.join(f'{name} {self.stage_rate(stage):.0%}'
+                           for stage, name in STAGE_NAMES.items())
+        return (f'{self.episodes} episodes: success {self.success_rate:.0%} '
+                f'(reached stage: {stages})')
+
+
+# gym-aloha's transfer-cube reward stages.
+STAGE_NAMES = {1: 'touched', 2: 'lifted', 3: 'attempted_transfer', 4: 'success'}
