@@ -459,6 +459,10 @@ class AlohaSim:
         low, high = self._ctrl_low[actuator], self._ctrl_high[actuator]
         return float(np.clip((finger - low) / (high - low), 0.0, 1.0))
 
+    def object_pose(self) -> np.ndarray:
+        """Return the task objects' poses (transfer_cube: the cube's (7,) position + quat)."""
+        return self._physics.data.qpos[len(self._start_pose):].copy()
+
     def reward(self) -> int:
         """Return gym-aloha's reward stage of the task in the current state (0..4)."""
         return task_reward(self._physics, self._config.task)

@@ -26,27 +26,32 @@ from pi0_policy.sim.aloha import (
 
 # Control periods of one episode (gym-aloha: 400 steps of 0.02 s = 8 s).
 EPISODE_STEPS = 400
-# Where the right arm hands the cube to the left arm (world frame, m).
-MEET_XYZ = (0.0, 0.5, 0.25)
 # Gripper link body of each arm in the scenes; the end-effector scene welds a mocap body to it.
 GRIPPER_BODY = 'vx300s_{side}/gripper_link'
 END_EFFECTOR_SCENE = 'bimanual_viperx_end_effector_transfer_cube.xml'
 CUBE_JOINT = 'red_box_joint'
 FINGER_GEOM = 'vx300s_{side}/10_{finger}_gripper_finger'
 OPEN, CLOSED = 1.0, 0.0
-PICK_DZ = -0.055
-# The left gripper lines up this far short of its grasp point, then moves in (m).
-APPROACH = np.array([-0.03, 0.0, 0.0])
-# Where the left gripper takes the cube after grasping, relative to the grasp point (m).
-RETREAT = np.array([-0.1, 0.0, 0.02])
-# Step (of 400) at which the right gripper holds the cube at the meeting point.
-HANDOVER_STEP = 220
-# Last step (of 400) at which the left gripper's grasp point follows the cube.
-AIM_UNTIL_STEP = 270
-# Step (of 400) at which the right gripper starts to open (the left one has closed).
-RELEASE_STEP = 310
 # Orientation of both mocap bodies at the start of an episode (w, x, y, z).
 MOCAP_START_QUAT = (1.0, 0.0, 0.0, 0.0)
+# Height of a gripper's mocap relative to the cube (at its sampled height) when grasping it (m).
+PICK_DZ = -0.055
+# Pitch of both grippers while picking (degrees, down).
+PITCH = 60.0
+# Gripper offsets from the cube: above it, set down (a little above the pick height), lift.
+ABOVE = np.array([0.0, 0.0, 0.08])
+SET_DOWN = np.array([0.0, 0.0, 0.005])
+LIFT = np.array([0.0, 0.0, 0.15])
+# Where the right arm sets the cube down for the left arm (table centre, m).
+HANDOVER_XY = (0.0, 0.5)
+# Where each gripper waits / goes relative to the hand-over spot.
+LEFT_WAIT = np.array([-0.12, 0.0, 0.12])
+RIGHT_AWAY = np.array([0.12, 0.0, 0.2])
+# Cube height as sampled, and its half size: it settles on the table at the half size (m).
+SAMPLED_CUBE_Z = 0.05
+CUBE_HALF_SIZE = 0.02
+# Step (of 400) at which the cube lies at the spot and the right gripper has let go.
+LEFT_PICK_STEP = 260
 # Joints of one arm in the scenes' qpos: 6 arm joints, then the two fingers.
 ARM_QPOS = 8
 
@@ -101,15 +106,16 @@ def transfer_cube_waypoints(cube_xyz: Sequence[float], left_start: Waypoint,
                             right_start: Waypoint, steps: int = EPISODE_STEPS
                             ) -> dict[str, list[Waypoint]]:
     """
-    Plan both grippers' waypoints for handing the cube from the right arm to the left arm.
+    Plan both grippers' waypoints for passing the cube from the right arm to the left arm.
 
-    The timing is for a 400-step episode and is scaled to ``steps``: the right gripper
-    descends onto the cube tilted 60 degrees about y and closes (steps 0-170), carries it to
-    the meeting point (-220); the left gripper, turned 90 degrees about x, comes in from the
-    left (-260), closes (-310) while the right one opens, and both move apart (-360).
+    Timing for a 400-step episode, scaled to ``steps``: the right gripper, pitched down 60
+    degrees, descends onto the cube and closes (steps 0-170), carries it to the hand-over spot
+    in the middle of the table (-210), sets it down (-240), lets go (-255) and backs away
+    (-285); meanwhile the left gripper, pitched down likewise, waits beside the spot.
+    :func:`left_pick_waypoints` plans the left gripper's pick once the cube lies there.
 
     Args:
-        cube_xyz: (3,) cube centre in the world frame (m).
+        cube_xyz: (3,) cube position as sampled (m).
         left_start: The left gripper's pose at step 0.
         right_start: The right gripper's pose at step 0.
         steps: Episode length in control steps (>= 100).
@@ -124,49 +130,44 @@ def transfer_cube_waypoints(cube_xyz: Sequence[float], left_start: Waypoint,
     if steps < 100:
         raise ValueError(f'A transfer-cube episode needs >= 100 steps; got {steps}.')
     cube = np.asarray(cube_xyz, np.float64)
-    meet = np.asarray(MEET_XYZ)
+    spot = np.array([HANDOVER_XY[0], HANDOVER_XY[1], cube[2]])
 
     def at(step_of_400: int) -> int:
         return round(step_of_400 * steps / EPISODE_STEPS)
 
-    pick = quat_multiply(right_start.quat, axis_angle_quat([0.0, 1.0, 0.0], -60.0))
-    meet_left = axis_angle_quat([1.0, 0.0, 0.0], 90.0)
-    # The left gripper waits beside the meeting point; handover_waypoints() plans the rest
-    # once the cube has arrived there.
+    right_pick = quat_multiply(right_start.quat, axis_angle_quat([0.0, 1.0, 0.0], -PITCH))
+    left_pick = quat_multiply(left_start.quat, axis_angle_quat([0.0, 1.0, 0.0], PITCH))
+    grasp = np.array([0.0, 0.0, PICK_DZ])
     left = [
         _waypoint(0, left_start.xyz, left_start.quat, CLOSED),
-        _waypoint(at(100), meet + [-0.1, 0.0, 0.0], meet_left, OPEN),
-        _waypoint(steps, meet + [-0.1, 0.0, 0.0], meet_left, OPEN),
+        _waypoint(at(150), spot + LEFT_WAIT, left_pick, OPEN),
+        _waypoint(steps, spot + LEFT_WAIT, left_pick, OPEN),
     ]
     right = [
         _waypoint(0, right_start.xyz, right_start.quat, CLOSED),
-        _waypoint(at(90), cube + [0.0, 0.0, 0.08], pick, OPEN),  # above the cube
-        _waypoint(at(130), cube + [0.0, 0.0, PICK_DZ], pick, OPEN),  # down around it
-        _waypoint(at(170), cube + [0.0, 0.0, PICK_DZ], pick, CLOSED),  # grasp
-        _waypoint(at(200), meet + [0.05, 0.0, 0.0], pick, CLOSED),  # lift towards the meeting
-        _waypoint(at(220), meet, pick, CLOSED),
-        _waypoint(at(RELEASE_STEP), meet, pick, CLOSED),
-        _waypoint(at(RELEASE_STEP + 20), meet, pick, OPEN),  # release: the left one holds it
-        _waypoint(at(360), meet + [0.1, 0.0, 0.0], pick, OPEN),  # move away
-        _waypoint(steps, meet + [0.1, 0.0, 0.0], pick, OPEN),
+        _waypoint(at(90), cube + ABOVE, right_pick, OPEN),  # above the cube
+        _waypoint(at(130), cube + grasp, right_pick, OPEN),  # down around it
+        _waypoint(at(170), cube + grasp, right_pick, CLOSED),  # grasp
+        _waypoint(at(210), spot + grasp + ABOVE, right_pick, CLOSED),  # carry to the spot
+        _waypoint(at(240), spot + grasp + SET_DOWN, right_pick, CLOSED),  # set it down
+        _waypoint(at(255), spot + grasp + SET_DOWN, right_pick, OPEN),  # let go
+        _waypoint(at(285), spot + RIGHT_AWAY, right_pick, OPEN),  # back away
+        _waypoint(steps, spot + RIGHT_AWAY, right_pick, OPEN),
     ]
     return {'left': left, 'right': right}
 
 
-def handover_waypoints(now: int, current: Waypoint, grasp_xyz: Sequence[float],
-                       steps: int = EPISODE_STEPS) -> list[Waypoint]:
+def left_pick_waypoints(now: int, current: Waypoint, cube_xyz: Sequence[float],
+                        steps: int = EPISODE_STEPS) -> list[Waypoint]:
     """
-    Plan the left gripper's part of the hand-over from step ``now`` on.
+    Plan the left gripper's pick of the cube from step ``now`` on.
 
-    It lines up beside the cube (``APPROACH`` short of the grasp point along -x, at its height),
-    moves in (-260 of 400), closes (-310) while the right gripper opens, and pulls the cube
-    away to the left (-360).
+    It moves above the cube (-290 of 400), descends (-320), closes (-340) and lifts it (-370).
 
     Args:
-        now: The current step (the right gripper has reached the meeting point).
+        now: The current step (the right gripper has let go of the cube).
         current: The left gripper's current target pose.
-        grasp_xyz: (3,) where the left gripper's mocap must be for the cube to sit between its
-            fingers.
+        cube_xyz: (3,) where the cube lies now (m).
         steps: Episode length in control steps.
 
     Returns:
@@ -176,15 +177,17 @@ def handover_waypoints(now: int, current: Waypoint, grasp_xyz: Sequence[float],
     def at(step_of_400: int) -> int:
         return max(now, round(step_of_400 * steps / EPISODE_STEPS))
 
-    grasp = np.asarray(grasp_xyz, np.float64)
+    # The waypoint offsets are for a cube at its sampled height; the cube lies lower.
+    cube = np.asarray(cube_xyz, np.float64) + [0.0, 0.0, SAMPLED_CUBE_Z - CUBE_HALF_SIZE]
+    grasp = cube + [0.0, 0.0, PICK_DZ]
     quat = current.quat
     return [
-        current if current.step == now else _waypoint(now, current.xyz, quat, OPEN),
-        _waypoint(at(240), grasp + APPROACH, quat, OPEN),
-        _waypoint(at(270), grasp, quat, OPEN),
-        _waypoint(at(300), grasp, quat, CLOSED),
-        _waypoint(at(360), grasp + RETREAT, quat, CLOSED),
-        _waypoint(steps, grasp + RETREAT, quat, CLOSED),
+        _waypoint(now, current.xyz, quat, OPEN),
+        _waypoint(at(290), cube + ABOVE, quat, OPEN),
+        _waypoint(at(320), grasp, quat, OPEN),
+        _waypoint(at(340), grasp, quat, CLOSED),
+        _waypoint(at(370), grasp + LIFT, quat, CLOSED),
+        _waypoint(steps, grasp + LIFT, quat, CLOSED),
     ]
 
 
@@ -352,18 +355,28 @@ def sample_cube_pose(seed: int) -> np.ndarray:
 
 
 def plan_transfer_cube(seed: int, steps: int = EPISODE_STEPS,
-                       scene: EndEffectorScene | None = None) -> ScriptedEpisode:
+                       scene: EndEffectorScene | None = None,
+                       sim: AlohaSim | None = None) -> ScriptedEpisode:
     """
-    Plan one demonstration in the end-effector scene for the cube pose of ``seed``.
+    Plan one demonstration for the cube pose of ``seed``.
+
+    The end-effector scene turns the waypoints into joint angles. With ``sim`` (the joint-space
+    sim) the plan is made in lockstep with it: every step's joint command is applied to ``sim``
+    at once, and the left gripper aims at the cube where ``sim`` has it -- the arms there lag
+    behind the end-effector scene, so the cube sits a little differently in the right gripper.
+    A replay of the returned episode in a freshly reset sim then repeats that run exactly.
 
     Args:
         seed: Seed of the cube pose (the joint-space sim's ``reset(seed)`` uses the same).
         steps: Episode length in control steps.
         scene: A scene to reuse (loading one takes a while); a new one when None.
+        sim: The joint-space sim to plan in lockstep with (reset here), or None to plan in the
+            end-effector scene alone.
 
     Returns:
-        The joint trajectory: row t is the joint pose the end-effector scene reached after t
-        steps (row 0 the start pose), with the commanded gripper openings.
+        The joint trajectory: row t is the joint pose the end-effector scene reached after
+        t + 1 steps, with the commanded gripper openings; ``planned_reward`` is the highest
+        reward of ``sim`` (or of the end-effector scene without one).
 
     """
     own = scene is None
@@ -371,27 +384,32 @@ def plan_transfer_cube(seed: int, steps: int = EPISODE_STEPS,
     try:
         cube = sample_cube_pose(seed)
         start = scene.reset(cube)
+        if sim is not None:
+            sim.reset(seed)
         plan = transfer_cube_waypoints(cube[:3], start['left'], start['right'], steps)
-        arms = {side: [scene.arm_joints(side)] for side in SIDES}
+        arms = {side: [] for side in SIDES}
         grippers = {side: [] for side in SIDES}
         best = 0
-        handover = round(HANDOVER_STEP * steps / EPISODE_STEPS)
-        aim_until = round(AIM_UNTIL_STEP * steps / EPISODE_STEPS)
+        left_pick = round(LEFT_PICK_STEP * steps / EPISODE_STEPS)
         for t in range(steps):
-            if t == handover:
-                waiting = _waypoint(t, *pose_at(plan['left'], t))
-                offset = scene.finger_offset('left', np.array(waiting.xyz))
-            if handover <= t <= aim_until:  # follow the cube while it settles in the grip
-                plan['left'] = handover_waypoints(
-                    handover, waiting, scene.cube_position() - offset, steps)
+            if t == left_pick:
+                cube_now = scene.cube_position() if sim is None else sim.object_pose()[:3]
+                current = _waypoint(t, *pose_at(plan['left'], t))
+                plan['left'] = left_pick_waypoints(t, current, cube_now, steps)
             targets = {side: pose_at(plan[side], t) for side in SIDES}
+            scene.step(targets)
             for side in SIDES:
                 grippers[side].append(targets[side][2])
-            scene.step(targets)
-            best = max(best, scene.reward())
-            if t + 1 < steps:
-                for side in SIDES:
-                    arms[side].append(scene.arm_joints(side))
+                arms[side].append(scene.arm_joints(side))
+            if sim is None:
+                best = max(best, scene.reward())
+                continue
+            for side in SIDES:
+                sim.set_arm_target(side, arms[side][-1])
+                sim.set_gripper_target(side, sim.config.gripper.fraction_to_joint(
+                    targets[side][2]))
+            sim.step()
+            best = max(best, sim.reward())
     finally:
         if own:
             scene.close()
@@ -442,8 +460,24 @@ def apply_command(sim: AlohaSim, command: np.ndarray) -> None:
 class StageReport:
     """Success of a set of transfer-cube episodes by reward stage."""
 
-    # Highest reward of every episode, in order.
+    # Highest reward of every episode, in order (gym-aloha's measure: one step counts).
     max_rewards: tuple[int, ...]
+    # Per episode: whether the final stage held for HOLD_STEPS consecutive steps (a stricter
+    # measure: a cube knocked into the air can touch the left finger for a single step).
+    held: tuple[bool, ...] = ()
+
+    @classmethod
+    def from_rewards(cls, rewards: Sequence[Sequence[int]]) -> StageReport:
+        """Build the report from every episode's per-step rewards."""
+        return cls(tuple(int(max(r, default=0)) for r in rewards),
+                   tuple(held_success(r) for r in rewards))
+
+    @property
+    def held_rate(self) -> float:
+        """Return the fraction of episodes whose success held (NaN when not recorded)."""
+        if not self.held:
+            return math.nan
+        return sum(self.held) / len(self.held)
 
     @property
     def episodes(self) -> int:
@@ -468,15 +502,31 @@ class StageReport:
             'success_rate': self.success_rate,
             'stages': {name: self.stage_rate(stage) for stage, name in STAGE_NAMES.items()},
             'max_rewards': list(self.max_rewards),
+            'success_held_rate': self.held_rate,
+            'success_held_steps': HOLD_STEPS,
         }
 
     def describe(self) -> str:
         """Return a one-line summary."""
         stages = ', '.join(f'{name} {self.stage_rate(stage):.0%}'
                            for stage, name in STAGE_NAMES.items())
+        held = f', success held {HOLD_STEPS} steps: {self.held_rate:.0%}' if self.held else ''
         return (f'{self.episodes} episodes: success {self.success_rate:.0%} '
-                f'(reached stage: {stages})')
+                f'(reached stage: {stages}{held})')
 
 
+def held_success(rewards: Sequence[int], steps: int | None = None) -> bool:
+    """Return whether the final stage was reached on ``steps`` consecutive steps."""
+    steps = HOLD_STEPS if steps is None else steps
+    run = 0
+    for r in rewards:
+        run = run + 1 if r >= TRANSFER_CUBE_MAX_REWARD else 0
+        if run >= steps:
+            return True
+    return False
+
+
+# Consecutive control steps (0.5 s) at the final stage that count as a held success.
+HOLD_STEPS = 25
 # gym-aloha's transfer-cube reward stages.
 STAGE_NAMES = {1: 'touched', 2: 'lifted', 3: 'attempted_transfer', 4: 'success'}
