@@ -10,8 +10,9 @@ teleop node and the recorder); this path skips DDS for speed.
 Episodes are kept only when they reach the final reward stage, unless asked otherwise; the
 success rate of the scripted controller itself is reported either way.
 
-``python -m pi0_policy.sim.demonstrations --episodes 40 --out DIR`` writes one ``.npz`` per
-kept episode and ``report.json`` (per-stage rates).
+``python -m pi0_policy.sim.demonstrations --episodes 40 --out DIR`` writes the kept episodes into
+a LeRobotDataset (``pi0_policy.data``; frames at the 50 Hz control rate, the top camera as
+``cam_high``) and ``scripted_report.json`` (per-stage rates of the controller).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ import time
 from embodiment_adapters import EmbodimentAdapter, load_adapter
 import numpy as np
 
+from pi0_policy.data.layout import DatasetSpec
+from pi0_policy.data.writer import DatasetWriter
+
 from pi0_policy.sim.aloha import AlohaSim, AlohaSimConfig, SIDES, TOP_CAMERA
 from pi0_policy.sim.scripted import (
     apply_command, EndEffectorScene, EPISODE_STEPS, held_success, plan_transfer_cube,
@@ -35,9 +39,9 @@ ROBOT = 'aloha'
 # Robot-config camera that the sim's top camera stands in for.
 TOP_CAMERA_NAME = 'cam_high'
 DEFAULT_PROMPT = 'transfer the cube to the other arm'
-REPORT_FILE = 'report.json'
-# Episode file name pattern (by seed).
-EPISODE_FILE = 'episode_{seed:06d}.npz'
+# The scripted controller's own success, written next to the dataset folder's meta/.
+REPORT_FILE = 'scripted_report.json'
+CONTROL_PERIOD = 0.02
 # Rendered top-camera size: small, since the small demo model sees 96 x 96 anyway.
 DEFAULT_IMAGE_HEIGHT = 96
 DEFAULT_IMAGE_WIDTH = 128
@@ -70,18 +74,27 @@ class EpisodeRecord:
         """Return whether the episode reached the final stage and held it (held_success)."""
         return held_success(self.rewards)
 
-    def save(self, path: pathlib.Path) -> None:
-        """Write the episode as a compressed ``.npz``."""
-        np.savez_compressed(path, seed=self.seed, images=self.images, state=self.state,
-                            actions=self.actions, rewards=self.rewards, prompt=self.prompt)
 
-    @classmethod
-    def load(cls, path: pathlib.Path) -> EpisodeRecord:
-        """Read an episode written by :meth:`save`."""
-        with np.load(path) as data:
-            return cls(seed=int(data['seed']), images=data['images'], state=data['state'],
-                       actions=data['actions'], rewards=data['rewards'],
-                       prompt=str(data['prompt']))
+
+def dataset_spec(adapter: EmbodimentAdapter, image_height: int, image_width: int,
+                 control_period: float = CONTROL_PERIOD) -> DatasetSpec:
+    """Return the LeRobot dataset layout of recorded episodes (the top camera as cam_high)."""
+    return DatasetSpec(fps=round(1.0 / control_period), robot_type=ROBOT,
+                       state_names=tuple(adapter.state_names),
+                       action_names=tuple(adapter.action_names),
+                       cameras={TOP_CAMERA_NAME: (image_height, image_width)})
+
+
+def write_episode(writer: DatasetWriter, record: EpisodeRecord) -> None:
+    """Append one recorded episode to a LeRobot dataset (frames at the control rate)."""
+    episode = writer.start_episode(record.prompt)
+    try:
+        for image, state, action in zip(record.images, record.state, record.actions):
+            episode.add_frame(state, action, {TOP_CAMERA_NAME: image})
+    except BaseException:
+        episode.discard()
+        raise
+    episode.save({'seed': record.seed, 'max_reward': record.max_reward})
 
 
 def robot_state(sim: AlohaSim, adapter: EmbodimentAdapter) -> np.ndarray:
@@ -129,7 +142,7 @@ def scripted_episodes(seeds: range, *, image_height: int = DEFAULT_IMAGE_HEIGHT,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Record scripted episodes into a folder of ``.npz`` files and print the success rate."""
+    """Record scripted episodes into a LeRobot dataset and print the controller's success."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--episodes', type=int, default=40,
                         help='episodes to keep (default %(default)s)')
@@ -137,24 +150,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--max-attempts', type=int, default=0,
                         help='stop after this many episodes even if fewer succeeded '
                         '(default: 3 x --episodes)')
-    parser.add_argument('--out', type=pathlib.Path, required=True, help='output folder')
+    parser.add_argument('--out', type=pathlib.Path, required=True,
+                        help='LeRobot dataset folder (created, or extended if it exists)')
     parser.add_argument('--keep-failed', action='store_true',
                         help='also keep episodes that do not reach the final stage')
     parser.add_argument('--image-height', type=int, default=DEFAULT_IMAGE_HEIGHT)
     parser.add_argument('--image-width', type=int, default=DEFAULT_IMAGE_WIDTH)
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
     attempts = args.max_attempts or 3 * args.episodes
+    adapter = load_adapter(ROBOT)
+    writer = DatasetWriter(args.out, dataset_spec(adapter, args.image_height, args.image_width))
     kept, rewards, start = [], [], time.perf_counter()  # rewards: per episode, per step
     for record in scripted_episodes(range(args.seed, args.seed + attempts),
                                     image_height=args.image_height,
                                     image_width=args.image_width):
         rewards.append(record.rewards.tolist())
         if record.success or args.keep_failed:
-            record.save(args.out / EPISODE_FILE.format(seed=record.seed))
+            write_episode(writer, record)
             kept.append(record.seed)
-        print(f'seed {record.seed}: max reward {record.max_reward}, kept {len(kept)}/'
-              f'{args.episodes}', flush=True)
+        print(f'seed {record.seed}: max reward {record.max_reward}, success held '
+              f'{record.success}, kept {len(kept)}/{args.episodes}', flush=True)
         if len(kept) >= args.episodes:
             break
     report = StageReport.from_rewards(rewards)

@@ -22,6 +22,7 @@ actions: the robot holds while the model infers, executes ``execute_steps`` acti
 import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+import json
 import os
 import pathlib
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 from pi0_policy.runtime.chunking import available_strategies
 from pi0_policy.sim.aloha import CALIBRATION_SECONDS, SimCost
 from pi0_policy.sim.report import VIDEO_FORMATS
+from pi0_policy.sim.scripted import EPISODE_STEPS
 import yaml
 
 # Node names of pi0_policy.ros.policy_node and pi0_policy.ros.sim.sim_node (not imported: this
@@ -41,6 +43,11 @@ DEFAULT_DURATION = 20.0  # seconds
 DEFAULT_OUTPUT_DIR = 'out/sim_demo'
 DEFAULT_PROMPT = 'transfer the cube to the other arm'
 PARAMS_FILE = 'sim_bimanual.yaml'
+# The demo's default checkpoint (checkpoints/<name> in the source tree or the package share) and
+# the file in a checkpoint folder with the node parameters it needs in the demo.
+CHECKPOINTS_DIR = 'checkpoints'
+DEFAULT_CHECKPOINT = 'pi0_aloha_sim_small'
+DEMO_SETTINGS_FILE = 'demo.json'
 DEFAULT_STARTUP_TIMEOUT = 180.0  # seconds; loading a full pi0 checkpoint takes a while
 PACKAGE = 'pi0_policy'
 ROS_PARAMETERS_KEY = 'ros__parameters'
@@ -69,7 +76,8 @@ class DemoOptions:
     duration: float = DEFAULT_DURATION
     # Folder of summary.json, joints.png and the video (created if missing).
     output_dir: pathlib.Path = pathlib.Path(DEFAULT_OUTPUT_DIR)
-    # pi0 checkpoint folder; empty uses the tiny random model.
+    # pi0 checkpoint folder; empty uses the tiny random model (the command line defaults to
+    # find_default_checkpoint()).
     checkpoint: str = ''
     # Instruction the policy is conditioned on.
     prompt: str = DEFAULT_PROMPT
@@ -85,6 +93,9 @@ class DemoOptions:
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
     # Extra pi0_policy_node parameters (name -> value), e.g. {'action_mode': 'absolute'}.
     policy_params: dict[str, Any] = field(default_factory=dict)
+    # 0: one run of ``duration`` seconds; N: N task episodes of EPISODE_STEPS control steps,
+    # the sim reset to a new cube pose before each (success reported per reward stage).
+    episodes: int = 0
 
     def __post_init__(self) -> None:
         """Validate the fields."""
@@ -97,6 +108,8 @@ class DemoOptions:
             raise ValueError(f'time_mode {self.time_mode!r} must be one of {list(TIME_MODES)}.')
         if self.strategy not in STRATEGIES:
             raise ValueError(f'strategy {self.strategy!r} must be one of {list(STRATEGIES)}.')
+        if self.episodes < 0:
+            raise ValueError(f'episodes ({self.episodes}) must be >= 0 (0: one timed run).')
 
 
 @dataclass(frozen=True)
@@ -246,6 +259,36 @@ def find_params_file(name: str = PARAMS_FILE) -> pathlib.Path:
                             'repository or source install/setup.bash after colcon build.')
 
 
+def find_default_checkpoint(name: str = DEFAULT_CHECKPOINT) -> str:
+    """Return the demo's trained checkpoint folder (source tree or installed share), or ''."""
+    candidates = [pathlib.Path(__file__).resolve().parents[3] / CHECKPOINTS_DIR / name]
+    for prefix in filter(None, os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep)):
+        candidates.append(pathlib.Path(prefix) / 'share' / PACKAGE / CHECKPOINTS_DIR / name)
+    return next((str(path) for path in candidates if (path / 'model.safetensors').is_file()), '')
+
+
+def checkpoint_demo_settings(checkpoint: str) -> dict[str, dict[str, Any]]:
+    """
+    Return the node parameters a checkpoint asks the demo for (its ``demo.json``), if any.
+
+    A policy trained on sim recordings saw the cameras the sim rendered then (size, which
+    cameras); ``demo.json`` holds ``{"sim": {...}, "policy": {...}}`` parameter overrides that
+    reproduce them.
+
+    Raises:
+        ValueError: The file is not a JSON object of those two sections.
+
+    """
+    path = pathlib.Path(checkpoint) / DEMO_SETTINGS_FILE if checkpoint else None
+    if path is None or not path.is_file():
+        return {'sim': {}, 'policy': {}}
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or set(data) - {'sim', 'policy'}:
+        raise ValueError(f'{path} must be a JSON object with the sections "sim" and "policy" '
+                         f'(node parameter overrides); got {data!r}.')
+    return {'sim': dict(data.get('sim', {})), 'policy': dict(data.get('policy', {}))}
+
+
 def load_params() -> dict[str, Any]:
     """Return the node parameters of ``sim_bimanual.yaml``, keyed by node name."""
     params = yaml.safe_load(find_params_file().read_text())
@@ -277,6 +320,9 @@ def write_params(options: DemoOptions, path: pathlib.Path, *, sim_time: bool,
                          'resolve auto with choose_strategy first.')
     params = load_params()
     policy = params[POLICY_NODE_NAME][ROS_PARAMETERS_KEY]
+    settings = checkpoint_demo_settings(options.checkpoint)
+    params[SIM_NODE_NAME][ROS_PARAMETERS_KEY].update(settings['sim'])
+    policy.update(settings['policy'])
     policy.update(checkpoint=options.checkpoint, prompt=options.prompt, device=options.device,
                   strategy=strategy, use_sim_time=sim_time)
     # Checkpoint-specific settings of the pi0 node, passed through as given (validated there).
@@ -290,15 +336,24 @@ def parse_args(argv: Sequence[str] | None = None) -> DemoOptions:
     """Parse the command line into DemoOptions."""
     parser = argparse.ArgumentParser(
         prog='pi0_sim_demo', description='Drive the simulated bimanual ALOHA with the pi0 node '
-        'for a bounded time; without --checkpoint a tiny random model moves the arms '
+        'for a bounded time or a number of task episodes; by default a small pi0 trained on '
+        'scripted demonstrations transfers the cube, --random-model moves the arms '
         'meaninglessly.')
     parser.add_argument('--duration', type=float, default=DEFAULT_DURATION,
                         help='seconds to run once the pi0 node is active (default %(default)s)')
     parser.add_argument('--output-dir', type=pathlib.Path, default=DEFAULT_OUTPUT_DIR,
                         help='folder for summary.json, joints.png and the video '
                         '(default %(default)s)')
-    parser.add_argument('--checkpoint', default='', help='pi0 checkpoint folder (openpi or '
-                        'LeRobot layout); default: the tiny random model')
+    default_checkpoint = find_default_checkpoint()
+    parser.add_argument('--checkpoint', default=default_checkpoint,
+                        help='pi0 checkpoint folder (openpi or LeRobot layout); default: the '
+                        f'small pi0 trained on scripted sim demonstrations ({DEFAULT_CHECKPOINT})')
+    parser.add_argument('--random-model', action='store_true',
+                        help='use the tiny randomly initialised model (plumbing only)')
+    parser.add_argument('--episodes', type=int, default=0,
+                        help='evaluate N randomised task episodes of '
+                        f'{EPISODE_STEPS} steps (the sim reset between them) instead of one '
+                        'timed run; the summary reports success per reward stage')
     parser.add_argument('--prompt', default=DEFAULT_PROMPT, help='instruction for the policy')
     parser.add_argument('--device', default='cpu', help="torch device, e.g. 'cuda'")
     parser.add_argument('--param', action='append', default=[], metavar='NAME=VALUE',
@@ -318,7 +373,8 @@ def parse_args(argv: Sequence[str] | None = None) -> DemoOptions:
                         help='video format of the top camera (default %(default)s)')
     args = parser.parse_args(argv)
     return DemoOptions(duration=args.duration, output_dir=args.output_dir,
-                       checkpoint=args.checkpoint, prompt=args.prompt, device=args.device,
+                       checkpoint='' if args.random_model else args.checkpoint,
+                       episodes=args.episodes, prompt=args.prompt, device=args.device,
                        time_mode=args.time, strategy=args.strategy, video_format=args.video,
                        startup_timeout=args.startup_timeout,
                        policy_params=parse_param_overrides(args.param))

@@ -44,6 +44,7 @@ from pi0_policy.sim import plan as sim_plan
 from pi0_policy.sim import report
 from pi0_policy.sim.aloha import (AlohaSim, CALIBRATION_SECONDS, measure_cost, SimCost,
                                   steps_per_frame)
+from pi0_policy.sim.scripted import EPISODE_STEPS, StageReport
 # Re-exported: the run planning lived here before pi0_policy.sim.plan.
 from pi0_policy.sim.plan import (  # noqa: F401
     choose_clock, choose_strategy, ClockChoice, CPU_DEVICE, DEFAULT_DURATION, DEFAULT_OUTPUT_DIR,
@@ -61,8 +62,8 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Float64MultiArray
-from std_srvs.srv import SetBool
+from std_msgs.msg import Float64MultiArray, Int32
+from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 POLICY_MODULE = 'pi0_policy.ros.policy_node'
@@ -79,6 +80,11 @@ LOG_TAIL_LINES = 30
 CLEAN_EXIT_CODES = (0, -signal.SIGINT)
 # Camera frames kept for the video (10 Hz x 60 s).
 MAX_FRAMES = 600
+# The sim's per-step task reward and its next-episode service (pi0_policy.ros.sim.sim_node).
+REWARD_TOPIC = f'/{SIM_NODE_NAME}/reward'
+RESET_SERVICE = f'/{SIM_NODE_NAME}/reset_episode'
+# Wall seconds an episode may take at most (simulated time waits for a slow policy).
+EPISODE_TIMEOUT = 900.0
 ACTIVE_LABEL = 'active'
 
 
@@ -141,6 +147,8 @@ class DemoRecorder(Node):
         # The sim's last diagnostics values, and those when the clock was restarted.
         self.sim_stats: dict[str, float] = {}
         self.sim_stats_at_start: dict[str, float] = {}
+        # The sim's reward after every step, one list per episode (the current one last).
+        self.rewards: list[list[int]] = [[]]
         self._recording = True
         for spec in adapter.commands:
             msg_type = (JointTrajectory if spec.type == CommandType.JOINT_TRAJECTORY
@@ -155,8 +163,10 @@ class DemoRecorder(Node):
         self.create_subscription(ActionChunk, f'/{POLICY_NODE_NAME}/action_chunk',
                                  self._on_chunk, 10)
         self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
+        self.create_subscription(Int32, REWARD_TOPIC, self._on_reward, 100)
         self.get_state = self.create_client(GetState, f'/{POLICY_NODE_NAME}/get_state')
         self.enable = self.create_client(SetBool, f'/{POLICY_NODE_NAME}/enable')
+        self.reset_episode = self.create_client(Trigger, RESET_SERVICE)
 
     def elapsed(self) -> float:
         """Return seconds since the recorder started (or restarted its clock)."""
@@ -170,7 +180,19 @@ class DemoRecorder(Node):
                 records.clear()
             self.frames.clear()
             self.latencies.clear()
+            self.rewards = [[]]
             self.sim_stats_at_start = dict(self.sim_stats)
+
+    def start_episode(self) -> None:
+        """Count rewards into a new episode from now on."""
+        with self._lock:
+            if self.rewards[-1]:
+                self.rewards.append([])
+
+    def episode_steps(self) -> int:
+        """Return the rewards received in the current episode."""
+        with self._lock:
+            return len(self.rewards[-1])
 
     def stop_recording(self) -> float:
         """Ignore further messages; return the seconds recorded."""
@@ -222,6 +244,11 @@ class DemoRecorder(Node):
         with self._lock:
             if self._recording:
                 self.latencies.append(float(msg.inference_latency))
+
+    def _on_reward(self, msg: Int32) -> None:
+        with self._lock:
+            if self._recording:
+                self.rewards[-1].append(int(msg.data))
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
@@ -313,6 +340,26 @@ def _wait_active(recorder: 'DemoRecorder', processes: dict, timeout: float) -> N
     call_service(recorder.enable, SetBool.Request(data=True), 'enable the pi0 node')
 
 
+def _run_episodes(recorder: 'DemoRecorder', processes: dict, episodes: int,
+                  log: Callable[[str], None]) -> None:
+    """Run task episodes: hold the policy, reset the sim, enable, wait EPISODE_STEPS steps."""
+    for episode in range(episodes):
+        call_service(recorder.enable, SetBool.Request(data=False), 'hold the pi0 node')
+        answer = call_service(recorder.reset_episode, Trigger.Request(), 'reset the sim')
+        recorder.start_episode()
+        call_service(recorder.enable, SetBool.Request(data=True), 'enable the pi0 node')
+        deadline = time.monotonic() + EPISODE_TIMEOUT
+        while recorder.episode_steps() < EPISODE_STEPS:
+            _check_alive(processes)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f'Episode {episode + 1} did not reach {EPISODE_STEPS} sim '
+                                   f'steps within {EPISODE_TIMEOUT:g} s.')
+            time.sleep(POLL_PERIOD / 5)
+        rewards = recorder.rewards[-1][:EPISODE_STEPS]
+        log(f'pi0_sim_demo: episode {episode + 1}/{episodes} ({answer.message}): max reward '
+            f'{max(rewards)}')
+
+
 def run_demo(options: DemoOptions, *, log: Callable[[str], None] = print) -> DemoResult:
     """
     Run the sim node and the pi0 node as processes for ``options.duration`` seconds and record.
@@ -347,12 +394,15 @@ def run_demo(options: DemoOptions, *, log: Callable[[str], None] = print) -> Dem
             log_path = out / f'{name}.log'
             processes[name] = (start_node(module, out / PARAMS_OUT_FILE, log_path), log_path)
         _wait_active(recorder, processes, options.startup_timeout)
-        log(f'pi0_sim_demo: running for {options.duration:g} s')
         recorder.restart_clock()
-        deadline = time.monotonic() + options.duration
-        while time.monotonic() < deadline:
-            _check_alive(processes)
-            time.sleep(min(POLL_PERIOD, max(0.0, deadline - time.monotonic())))
+        if options.episodes:
+            _run_episodes(recorder, processes, options.episodes, log)
+        else:
+            log(f'pi0_sim_demo: running for {options.duration:g} s')
+            deadline = time.monotonic() + options.duration
+            while time.monotonic() < deadline:
+                _check_alive(processes)
+                time.sleep(min(POLL_PERIOD, max(0.0, deadline - time.monotonic())))
         wall = recorder.stop_recording()
     finally:
         for name in (POLICY_NODE_NAME, SIM_NODE_NAME):  # the pi0 node first: it sends a hold
@@ -392,8 +442,15 @@ def _report(options: DemoOptions, plan: RunPlan, adapter: Any, recorder: DemoRec
         rate_topic=adapter.commands[0].topic, violations=len(violations),
         sim_stats=report.window_stats(recorder.sim_stats_at_start, recorder.sim_stats),
         motion=motion, out=out, video=video)
+    episodes = [r for r in recorder.rewards if r]
+    if options.episodes:
+        episodes = [r[:EPISODE_STEPS] for r in episodes[:options.episodes]]
+    task = StageReport.from_rewards(episodes)
+    summary['task'] = {'episodes_run': 'task episodes' if options.episodes else 'one timed run',
+                       **task.as_dict()}
     report.write_summary(summary, out)
     report.log_summary(summary, log)
+    log(f'  task (gym-aloha transfer_cube reward stages): {task.describe()}')
     return DemoResult(summary, dict(recorder.commands), dict(recorder.measured), violations)
 
 

@@ -46,10 +46,15 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Float64MultiArray, Header
+from std_msgs.msg import Float64MultiArray, Header, Int32
+from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 NODE_NAME = 'aloha_sim'
+# Task reward stage after every step (gym-aloha's 0..4), and the service that starts the next
+# episode (cube pose of seed + episode number, arms at the start pose).
+REWARD_TOPIC = '~/reward'
+RESET_SERVICE = '~/reset_episode'
 CLOCK_TOPIC = '/clock'
 DIAGNOSTICS_TOPIC = '/diagnostics'
 # The sim reports its statistics on /diagnostics under this name, once per wall second.
@@ -283,6 +288,10 @@ class AlohaSimNode(Node):
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, QOS_DEPTH)
         self._diag_timer = self.create_timer(DIAGNOSTICS_PERIOD, self._publish_diagnostics,
                                              clock=self._wall)
+        self._reward_pub = self.create_publisher(Int32, REWARD_TOPIC, QOS_DEPTH)
+        self._episode = {'episode': 0, 'seed': self._config.sim.seed, 'reward': 0,
+                         'max_reward': 0, 'episode_steps': 0}
+        self.create_service(Trigger, RESET_SERVICE, self._reset_episode)
         # ROS time (ns) of simulated time 0: 0 in simulated time (the sim is the clock).
         self._epoch_ns = 0 if self._config.sim_time else self.get_clock().now().nanoseconds
         if self._clock_pub is not None:
@@ -341,6 +350,7 @@ class AlohaSimNode(Node):
         """Return counters: steps, lag events, commands, lockstep waits, frames, render ms."""
         with self._lock:
             out: dict[str, float] = dict(self._stats)
+            out.update(self._episode)
             render = np.array(self._render_ms) if self._render_ms else np.zeros(1)
         wall = max(self._wall_now() - self._wall_origin, 1e-9)
         out['sim_time'] = out['steps'] * self._period
@@ -473,14 +483,35 @@ class AlohaSimNode(Node):
                 for (side, joint), value in zip(route.joints, sample):
                     self._sim.set_joint_target(side, joint, value)
             self._sim.step()
+            reward = self._sim.reward()
+            self._reward_pub.publish(Int32(data=reward))
             with self._lock:
                 self._stats['steps'] += 1
+                self._episode['reward'] = reward
+                self._episode['max_reward'] = max(self._episode['max_reward'], reward)
+                self._episode['episode_steps'] += 1
                 frame_due |= self._stats['steps'] % self._steps_per_frame == 0
             if self._clock_pub is not None:
                 self._clock_pub.publish(ClockMsg(clock=conversions.to_time(self.now())))
         self._publish_state()
         if frame_due:
             self._publish_cameras()
+
+    def _reset_episode(self, request: Trigger.Request, response: Trigger.Response
+                       ) -> Trigger.Response:
+        """Start the next episode: the next seed's cube pose, arms and targets at the start."""
+        with self._tick_lock, self._target_lock:
+            episode = self._episode['episode'] + 1
+            seed = self._config.sim.seed + episode
+            self._sim.reset(seed)
+            self._targets = [TrajectoryTarget(np.array([self._sim.joint_target(s, j)
+                                                        for s, j in r.joints]))
+                             for r in self._routes]
+            with self._lock:
+                self._episode = {'episode': episode, 'seed': seed, 'reward': 0,
+                                 'max_reward': 0, 'episode_steps': 0}
+        response.success, response.message = True, f'episode {episode}, seed {seed}'
+        return response
 
     def _publish_state(self) -> None:
         """Publish each arm's JointState stamped with the simulation's time."""
