@@ -1,6 +1,7 @@
 """Build script of the ROS 2 package pi0_policy (ament_python, src layout)."""
 
 from glob import glob
+from os.path import dirname, isdir
 
 from setuptools import find_packages, setup
 
@@ -17,6 +18,10 @@ setup(
         (f'share/{PACKAGE}/launch', glob('launch/*.launch.py')),
         (f'share/{PACKAGE}/config', glob('config/*.yaml') + glob('config/*.rviz')),
         (f'share/{PACKAGE}/config/robots', glob('config/robots/*.yaml')),
+        # The demo's trained checkpoint (weights, config, norm stats, tokenizer, model card).
+        *[(f'share/{PACKAGE}/{folder}', [f for f in glob(f'{folder}/*') if not isdir(f)])
+          for folder in sorted({dirname(f) for f in glob('checkpoints/**/*', recursive=True)
+                                if not isdir(f)})],
     ],
     install_requires=['setuptools', 'numpy', 'pyyaml', 'pillow', 'safetensors', 'sentencepiece',
                       'websockets', 'msgpack'],
@@ -34,6 +39,7 @@ setup(
             'aloha_sim_node = pi0_policy.ros.sim.sim_node:main',
             'pi0_sim_demo = pi0_policy.ros.sim.demo:main',
             'pi0_recorder = pi0_policy.ros.recorder_node:main',
+            'scripted_teleop = pi0_policy.ros.sim.scripted_teleop:main',
         ],
     },
 )

@@ -1,4 +1,4 @@
-"""The scripted demonstration driven through ROS 2: scripted teleop node -> command topics -> sim."""
+"""Scripted demonstrations through ROS 2: scripted teleop node -> command topics -> sim node."""
 
 import time
 

@@ -75,7 +75,6 @@ class EpisodeRecord:
         return held_success(self.rewards)
 
 
-
 def dataset_spec(adapter: EmbodimentAdapter, image_height: int, image_width: int,
                  control_period: float = CONTROL_PERIOD) -> DatasetSpec:
     """Return the LeRobot dataset layout of recorded episodes (the top camera as cam_high)."""

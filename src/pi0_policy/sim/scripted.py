@@ -5,8 +5,13 @@ The recipe of the ACT work: plan the motion in the sim's end-effector scene, whe
 is welded to each gripper and simply moved along waypoints computed from the cube's randomised
 pose; record the joint angles the arms take there; then replay that joint trajectory as position
 commands in the joint-space scene (:class:`pi0_policy.sim.aloha.AlohaSim`), which is what a
-policy, a teleoperator or the ROS 2 sim node drives. The right arm picks the cube up and brings
-it to a meeting point above the table centre, the left arm takes it over, the right arm lets go.
+policy, a teleoperator or the ROS 2 sim node drives. The right arm picks the cube up, carries it
+to the middle of the table, sets it down and lets go; the left arm picks it up there and lifts
+it (gym-aloha's final stage: the left gripper holds the cube off the table). The hand-over goes
+through the table rather than mid-air: with gym-aloha 0.1.5 on MuJoCo 3 the mid-air hand-over
+of the ACT waypoints dropped the cube in most episodes. The joint trajectory is planned in
+lockstep with the joint-space sim (:func:`plan_transfer_cube`), so the left arm aims at the cube
+where the replay will have it; a replay then repeats the planned run exactly.
 
 Units: arm joints in rad; grippers as an opening fraction (0 closed .. 1 open) until converted
 to the robot's gripper joint (rad) by :meth:`ScriptedEpisode.commands`.
@@ -30,7 +35,6 @@ EPISODE_STEPS = 400
 GRIPPER_BODY = 'vx300s_{side}/gripper_link'
 END_EFFECTOR_SCENE = 'bimanual_viperx_end_effector_transfer_cube.xml'
 CUBE_JOINT = 'red_box_joint'
-FINGER_GEOM = 'vx300s_{side}/10_{finger}_gripper_finger'
 OPEN, CLOSED = 1.0, 0.0
 # Orientation of both mocap bodies at the start of an episode (w, x, y, z).
 MOCAP_START_QUAT = (1.0, 0.0, 0.0, 0.0)
@@ -85,14 +89,6 @@ def quat_multiply(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
                      aw * bx + ax * bw + ay * bz - az * by,
                      aw * by - ax * bz + ay * bw + az * bx,
                      aw * bz + ax * by - ay * bx + az * bw])
-
-
-def rotate(quat: Sequence[float], vector: Sequence[float]) -> np.ndarray:
-    """Return ``vector`` (3,) rotated by the unit quaternion ``quat`` (w, x, y, z)."""
-    w, xyz = quat[0], np.asarray(quat[1:], np.float64)
-    v = np.asarray(vector, np.float64)
-    t = 2.0 * np.cross(xyz, v)
-    return v + w * t + np.cross(xyz, t)
 
 
 def _waypoint(step: int, xyz: Sequence[float], quat: Sequence[float],
@@ -262,23 +258,14 @@ class EndEffectorScene:
         from dm_control import mujoco
         from gym_aloha import constants
         self._constants = constants
-        self._physics = mujoco.Physics.from_xml_path(str(constants.ASSETS_DIR / END_EFFECTOR_SCENE))
+        self._physics = mujoco.Physics.from_xml_path(
+            str(constants.ASSETS_DIR / END_EFFECTOR_SCENE))
         model = self._physics.model
         self._substeps = max(1, int(round(control_period / model.opt.timestep)))
         # Finger actuators in ctrl: left arm (left, right finger), right arm (left, right).
         self._finger_low = float(model.actuator_ctrlrange[0, 0])
         self._finger_high = float(model.actuator_ctrlrange[0, 1])
         self._cube_qpos = int(model.jnt_qposadr[model.name2id(CUBE_JOINT, 'joint')])
-        # MuJoCo takes a weld's relative pose from the model's reference configuration (qpos0):
-        # there the mocaps sit at their XML positions with the identity orientation, offset
-        # from the gripper links. Waypoints are gripper link poses, so each mocap target is
-        # shifted by that offset, rotated with the gripper (see _mocap_position).
-        physics = self._physics
-        with physics.reset_context():
-            pass
-        self._weld_offset = {
-            side: physics.named.data.xpos[GRIPPER_BODY.format(side=side)]
-            - physics.data.mocap_pos[index] for index, side in enumerate(SIDES)}
 
     def reset(self, cube_pose: np.ndarray) -> dict[str, Waypoint]:
         """
@@ -295,19 +282,16 @@ class EndEffectorScene:
             physics.data.qpos[self._cube_qpos:self._cube_qpos + 7] = cube_pose
         poses = {}
         for index, side in enumerate(SIDES):
-            # The welds were compiled with the mocaps at the identity orientation and the arms
-            # at qpos0, so a mocap at the identity holds the gripper in its zero-pose
-            # orientation; its position is the gripper link's origin.
+            # MuJoCo takes a weld's relative pose from the reference configuration (qpos0), with
+            # the mocaps at the identity orientation: a mocap at the identity holds its gripper
+            # in the zero-pose orientation, and each gripper link keeps a fixed offset from its
+            # mocap (the grasp heights, PICK_DZ, include it). Waypoints are mocap poses.
             xyz = physics.named.data.xpos[GRIPPER_BODY.format(side=side)].copy()
             physics.data.mocap_pos[index] = xyz
             physics.data.mocap_quat[index] = MOCAP_START_QUAT
             poses[side] = _waypoint(0, xyz, MOCAP_START_QUAT, CLOSED)
         self._set_fingers(CLOSED, CLOSED)
         return poses
-
-    def _mocap_position(self, side: str, xyz: np.ndarray, quat: Sequence[float]) -> np.ndarray:
-        """Return where the mocap goes for the gripper link of ``side`` to be at ``xyz``."""
-        return np.asarray(xyz) - rotate(quat, self._weld_offset[side])
 
     def _set_fingers(self, left: float, right: float) -> None:
         """Command both grippers' fingers from opening fractions."""
@@ -332,12 +316,6 @@ class EndEffectorScene:
     def cube_position(self) -> np.ndarray:
         """Return the (3,) position of the cube's centre (m)."""
         return self._physics.data.qpos[self._cube_qpos:self._cube_qpos + 3].copy()
-
-    def finger_offset(self, side: str, mocap_xyz: np.ndarray) -> np.ndarray:
-        """Return the (3,) midpoint of a gripper's two fingers relative to its mocap target."""
-        named = self._physics.named.data.geom_xpos
-        fingers = [named[FINGER_GEOM.format(side=side, finger=f)] for f in ('left', 'right')]
-        return np.mean(fingers, axis=0) - mocap_xyz
 
     def reward(self) -> int:
         """Return the transfer-cube reward stage of the current contacts."""

@@ -44,7 +44,6 @@ from pi0_policy.sim import plan as sim_plan
 from pi0_policy.sim import report
 from pi0_policy.sim.aloha import (AlohaSim, CALIBRATION_SECONDS, measure_cost, SimCost,
                                   steps_per_frame)
-from pi0_policy.sim.scripted import EPISODE_STEPS, StageReport
 # Re-exported: the run planning lived here before pi0_policy.sim.plan.
 from pi0_policy.sim.plan import (  # noqa: F401
     choose_clock, choose_strategy, ClockChoice, CPU_DEVICE, DEFAULT_DURATION, DEFAULT_OUTPUT_DIR,
@@ -57,6 +56,7 @@ from pi0_policy.sim.plan import (  # noqa: F401
 from pi0_policy.sim.report import (  # noqa: F401
     DemoResult, LIMIT_TOLERANCE, limit_violations, PLOT_FILE, SUMMARY_FILE, VIDEO_FORMATS,
     VIDEO_STEM, write_plot, write_video)
+from pi0_policy.sim.scripted import EPISODE_STEPS, StageReport
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node

@@ -1,5 +1,5 @@
 """
-Scripted teleoperation of the simulated ALOHA: the scripted transfer-cube demonstration as commands.
+Scripted teleoperation of the simulated ALOHA: scripted transfer-cube demonstrations as commands.
 
 Stands in for a teleoperation leader: it publishes the scripted controller's joint commands
 (:mod:`pi0_policy.sim.scripted`) on the robot config's command topics, so that the sim node
