@@ -1,10 +1,12 @@
 """Scripted demonstrations through ROS 2: scripted teleop node -> command topics -> sim node."""
 
+import json
 import time
 
+from pi0_policy.ros.recorder_node import RecorderNode
 from pi0_policy.ros.sim.scripted_teleop import ScriptedTeleopNode
 from pi0_policy.ros.sim.sim_node import AlohaSimNode
-from pi0_policy.sim.scripted import held_success
+from pi0_policy.sim.scripted import EPISODE_STEPS, held_success
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
@@ -17,29 +19,41 @@ EPISODE_TIMEOUT = 240.0  # wall seconds; simulated time waits for the commands
 SPIN_TIMEOUT = 10.0
 
 
-def test_scripted_teleop_transfers_the_cube_over_ros():
+def test_scripted_teleop_transfers_the_cube_and_is_recorded(tmp_path):
     context = rclpy.Context()
     rclpy.init(context=context)
-    sim = teleop = None
+    sim = teleop = recorder = None
     try:
         sim = AlohaSimNode(context=context, parameter_overrides=[
             Parameter('seed', value=SEED), Parameter('sim_time', value=True),
             Parameter('image_height', value=32), Parameter('image_width', value=32),
-            Parameter('camera_map', value='cam_high=top'), Parameter('camera_rate_hz', value=1.0)])
-        teleop = ScriptedTeleopNode(context=context,
-                                    parameter_overrides=[Parameter('seed', value=SEED)])
+            Parameter('camera_map', value='cam_high=top'), Parameter('camera_rate_hz', value=50.0)])
+        recorder = RecorderNode(context=context, parameter_overrides=[
+            Parameter('dataset_dir', value=str(tmp_path / 'dataset')),
+            Parameter('task', value='transfer the cube to the other arm'),
+            Parameter('cameras', value='cam_high'), Parameter('use_sim_time', value=True)])
+        teleop = ScriptedTeleopNode(context=context, parameter_overrides=[
+            Parameter('seed', value=SEED), Parameter('recorder', value='pi0_recorder')])
         listener = rclpy.create_node('reward_listener', context=context)
         rewards: list[int] = []
         listener.create_subscription(Int32, '/aloha_sim/reward',
                                      lambda msg: rewards.append(msg.data), 1000)
         reset = listener.create_client(Trigger, '/aloha_sim/reset_episode')
         executor = SingleThreadedExecutor(context=context)
-        for node in (sim, teleop, listener):
+        for node in (sim, teleop, listener, recorder):
             executor.add_node(node)
         deadline = time.monotonic() + EPISODE_TIMEOUT
         while not teleop.done and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.1)
         assert teleop.done, 'the scripted episode did not finish in time'
+        assert teleop.successes == [True]
+        # The recorder saved the episode: what the sim executed from the command topics.
+        deadline = time.monotonic() + SPIN_TIMEOUT
+        while recorder.session.num_episodes < 1 and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.1)
+        assert recorder.session.num_episodes == 1
+        info = json.loads((tmp_path / 'dataset' / 'meta' / 'info.json').read_text())
+        assert info['total_frames'] > 0.9 * EPISODE_STEPS
         stats = sim.stats()
         assert stats['commands'] > 0 and stats['rejected'] == 0
         assert stats['max_reward'] == 4, f'rewards seen: {sorted(set(rewards))}'
@@ -52,7 +66,7 @@ def test_scripted_teleop_transfers_the_cube_over_ros():
         stats = sim.stats()
         assert (stats['episode'], stats['seed'], stats['max_reward']) == (1, SEED + 1, 0)
     finally:
-        for node in (teleop, sim):
+        for node in (teleop, recorder, sim):
             if node is not None:
                 node.destroy_node()
         rclpy.try_shutdown(context=context)

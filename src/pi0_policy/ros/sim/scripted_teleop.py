@@ -8,6 +8,10 @@ plans the demonstration of the sim's cube pose (seed ``seed + episode``, the sim
 ``~/reset_episode`` numbering), then sends command k when the sim's joint state of step k
 arrives (lockstep with the sim, on either clock). After ``steps`` commands it resets the sim
 for the next episode through ``/aloha_sim/reset_episode``; after ``episodes`` it exits.
+
+With ``recorder`` set it drives a ``pi0_recorder`` node: ``~/start`` when an episode begins,
+``~/stop`` (save) when it ends with the task success held (the sim's ``~/reward``), else
+``~/discard`` -- so the dataset holds what the sim executed from the command topics.
 """
 
 from embodiment_adapters import load_robot_config, make_adapter
@@ -16,15 +20,18 @@ from pi0_policy.ros import conversions
 from pi0_policy.ros.commands import CommandRouter
 from pi0_policy.ros.params import ParamSpec
 from pi0_policy.sim.aloha import AlohaSim, AlohaSimConfig
-from pi0_policy.sim.scripted import EndEffectorScene, EPISODE_STEPS, plan_transfer_cube
+from pi0_policy.sim.scripted import (EndEffectorScene, EPISODE_STEPS, held_success,
+                                     plan_transfer_cube)
 import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
+from std_msgs.msg import Int32
 from std_srvs.srv import Trigger
 
 NODE_NAME = 'scripted_teleop'
 RESET_SERVICE = '/aloha_sim/reset_episode'
+REWARD_TOPIC = '/aloha_sim/reward'
 QOS_DEPTH = 10
 SERVICE_TIMEOUT = 10.0  # seconds
 
@@ -38,6 +45,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('steps', EPISODE_STEPS, 'Control steps per episode.', range=(100, 100000),
               read_only=True),
     ParamSpec('control_rate_hz', 50.0, "The sim's control rate.", range=(1.0, 500.0),
+              read_only=True),
+    ParamSpec('recorder', '', 'Name of a pi0_recorder node to drive (its ~/start at the start '
+              'of every episode, ~/stop or ~/discard at the end); empty: record nothing.',
+              read_only=True),
+    ParamSpec('keep_failed', False, 'Save episodes whose task success did not hold too.',
               read_only=True),
 )
 
@@ -63,6 +75,13 @@ class ScriptedTeleopNode(Node):
         self._planner = AlohaSim(AlohaSimConfig(control_period=self._period, image_height=16,
                                                 image_width=16))
         self._reset = self.create_client(Trigger, RESET_SERVICE)
+        recorder, self._keep_failed = value['recorder'].strip('/'), bool(value['keep_failed'])
+        self._recorder = {name: self.create_client(Trigger, f'/{recorder}/{name}')
+                          for name in ('start', 'stop', 'discard')} if recorder else {}
+        self.create_subscription(Int32, REWARD_TOPIC, self._on_reward, 1000)
+        # Reward after every sim step of the current episode; per episode: whether it held.
+        self.rewards: list[int] = []
+        self.successes: list[bool] = []
         self.episode = 0
         self.done = False
         self._start_stamp: float | None = None
@@ -87,6 +106,8 @@ class ScriptedTeleopNode(Node):
         stamp = conversions.to_seconds(msg.header.stamp)
         if self._start_stamp is None:
             self._start_stamp = stamp
+            self.rewards = []
+            self._call_recorder('start')
         step = int(round((stamp - self._start_stamp) / self._period))
         if step < len(self._commands):
             for pub, message in zip(self._pubs, self._router.messages(
@@ -94,6 +115,10 @@ class ScriptedTeleopNode(Node):
                 if message is not None:
                     pub.publish(message)
             return
+        self.successes.append(held_success(self.rewards))
+        self._call_recorder('stop' if self.successes[-1] or self._keep_failed else 'discard')
+        self.get_logger().info(f'Episode {self.episode}: max reward {max(self.rewards, default=0)}'
+                               f', success held: {self.successes[-1]}.')
         self.episode += 1
         if self.episode >= self._episodes:
             self.done = True
@@ -105,6 +130,26 @@ class ScriptedTeleopNode(Node):
             self.done = True
             return
         self._reset.call_async(Trigger.Request()).add_done_callback(self._on_reset)
+
+    def _on_reward(self, msg: Int32) -> None:
+        if self._start_stamp is not None and not self._waiting_reset:
+            self.rewards.append(int(msg.data))
+
+    def _call_recorder(self, service: str) -> None:
+        """Call one of the recorder's services (when there is a recorder) and log failures."""
+        client = self._recorder.get(service)
+        if client is None:
+            return
+        if not client.wait_for_service(timeout_sec=SERVICE_TIMEOUT):
+            self.get_logger().error(f'{client.srv_name} is not available.')
+            return
+
+        def done(future) -> None:
+            result = future.result()
+            if result is None or not result.success:
+                self.get_logger().error(f'{client.srv_name} failed: '
+                                        f'{result.message if result else "no answer"}')
+        client.call_async(Trigger.Request()).add_done_callback(done)
 
     def _on_reset(self, future) -> None:
         """Plan the next episode once the sim has reset."""
