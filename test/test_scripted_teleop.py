@@ -27,7 +27,8 @@ def test_scripted_teleop_transfers_the_cube_and_is_recorded(tmp_path):
         sim = AlohaSimNode(context=context, parameter_overrides=[
             Parameter('seed', value=SEED), Parameter('sim_time', value=True),
             Parameter('image_height', value=32), Parameter('image_width', value=32),
-            Parameter('camera_map', value='cam_high=top'), Parameter('camera_rate_hz', value=50.0)])
+            Parameter('camera_map', value='cam_high=top'),
+            Parameter('camera_rate_hz', value=50.0)])
         recorder = RecorderNode(context=context, parameter_overrides=[
             Parameter('dataset_dir', value=str(tmp_path / 'dataset')),
             Parameter('task', value='transfer the cube to the other arm'),
