@@ -108,6 +108,9 @@ class TrainConfig:
     device: str = 'cpu'
     # bfloat16 autocast on CUDA.
     bf16: bool = True
+    # torch CPU threads per process (0: torch's default, one per core). On a shared machine
+    # 1 thread is often faster than threads that wait for each other.
+    threads: int = 0
     # SentencePiece tokenizer file for a model trained from scratch (None: train one).
     tokenizer: pathlib.Path | None = None
 
@@ -126,6 +129,8 @@ class TrainConfig:
         if self.freeze_vlm and self.init_from is None:
             raise ValueError('freeze_vlm needs init_from: a VLM trained from scratch cannot stay '
                              'frozen at its random values.')
+        if self.threads < 0:
+            raise ValueError(f'threads ({self.threads}) must be >= 0 (0: torch default).')
         if self.save_every <= 0 or self.log_every <= 0:
             raise ValueError(f'save_every ({self.save_every}) and log_every ({self.log_every}) '
                              'must be positive.')

@@ -226,6 +226,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
         ValueError: On unusable datasets, robot, checkpoint or settings.
     """
     rank, world, device = _dist_setup(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     try:
         return _train(cfg, rank, world, device, progress)
     finally:
@@ -372,7 +374,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--tokenizer', type=pathlib.Path,
                         help='SentencePiece .model for a new model (default: train one)')
     for name in ('steps', 'batch_size', 'warmup_steps', 'decay_steps', 'save_every',
-                 'log_every', 'keep', 'seed'):
+                 'log_every', 'keep', 'seed', 'threads'):
         parser.add_argument('--' + name.replace('_', '-'), type=int, default=getattr(d, name))
     for name in ('peak_lr', 'decay_lr', 'b1', 'b2', 'eps', 'weight_decay', 'clip_norm',
                  'ema_decay'):
