@@ -11,16 +11,22 @@ SETUP = 'mobile_manipulator'
 
 
 def generate_launch_description() -> LaunchDescription:
-    """Return pi0_policy.launch.py with this setup's parameter file and robot."""
+    """Return pi0_policy.launch.py with this setup's parameter file, robot and rviz view."""
     share = FindPackageShare(PACKAGE)
-    robot = DeclareLaunchArgument(
-        'robot', default_value='mobile_manipulator',
-        description='Robot config name (config/robots/<name>.yaml) or a YAML path.')
+    arguments = [
+        DeclareLaunchArgument(
+            'robot', default_value='mobile_manipulator',
+            description='Robot config name (config/robots/<name>.yaml) or a YAML path.'),
+        DeclareLaunchArgument(
+            'params_file', default_value=PathJoinSubstitution([share, 'config', f'{SETUP}.yaml']),
+            description='Node parameter overrides (config/<setup>.yaml or your own file).'),
+        DeclareLaunchArgument(
+            'rviz_config', default_value=PathJoinSubstitution([share, 'config', f'{SETUP}.rviz']),
+            description='rviz2 display config (rviz:=true).'),
+    ]
     policy = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(
             PathJoinSubstitution([share, 'launch', 'pi0_policy.launch.py'])),
-        launch_arguments={
-            'params_file': PathJoinSubstitution([share, 'config', f'{SETUP}.yaml']),
-            'robot': LaunchConfiguration('robot'),
-        }.items())
-    return LaunchDescription([robot, policy])
+        launch_arguments={name: LaunchConfiguration(name)
+                          for name in ('robot', 'params_file', 'rviz_config')}.items())
+    return LaunchDescription(arguments + [policy])

@@ -2,13 +2,16 @@
 Launch the pi0 policy node with a setup's parameter file, optionally with rviz.
 
 The per-setup launch files (bimanual, single_arm, mobile_manipulator, sim_bimanual) include it
-with their own `params_file` and `robot` defaults.
+with their own `params_file`, `robot` and `rviz_config` defaults.
 
-Precedence: `robot` and `use_sim_time` override the params file. `checkpoint`, `prompt` and
-`device` only fill in what the params file leaves unset: they are passed before it, and their
-empty defaults mean "not given" (the node reads an empty device as 'cpu', an empty checkpoint as
-the tiny random model). To change a value the params file sets, edit that file or pass another
-`params_file`; the instruction can also be changed at run time (~/instruction, ~/set_instruction).
+Precedence: every launch argument wins over the params file. `checkpoint`, `prompt` and `device`
+are empty by default, which means "not given": the params file's value (or the node's default)
+applies. String arguments stay strings (`prompt:=yes`, `prompt:='Task: fold the towel'`). The
+arguments reach the node in a generated params file passed before and after `params_file`
+(pi0_policy.ros.launch_overrides explains why both).
+
+rviz starts before the policy node: if rviz2 is missing the launch fails before any node runs.
+The nodes exit (Ctrl-C path: final hold) when the launch process dies, even by SIGKILL.
 """
 
 from launch import LaunchDescription
@@ -17,18 +20,20 @@ from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
+from pi0_policy.ros.launch_substitutions import NodeOverrides
 
 PACKAGE = 'pi0_policy'
+NODE_NAME = 'pi0_policy_node'
 
 
 def generate_launch_description() -> LaunchDescription:
-    """Return the launch description: declared arguments, the policy node and rviz."""
+    """Return the launch description: declared arguments, rviz and the policy node."""
     share = FindPackageShare(PACKAGE)
     sim_time = LaunchConfiguration('use_sim_time')
     arguments = [
         DeclareLaunchArgument(
             'params_file', default_value=PathJoinSubstitution([share, 'config', 'bimanual.yaml']),
-            description='Node parameter overrides (config/<setup>.yaml).'),
+            description='Node parameter overrides (config/<setup>.yaml or your own file).'),
         DeclareLaunchArgument(
             'checkpoint', default_value='',
             description='pi0 checkpoint folder; empty: the params file value, else a tiny '
@@ -42,22 +47,24 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument('device', default_value='',
                               description="Torch device: 'cpu', 'cuda' or 'cuda:<index>'; "
                               "empty: the params file value, else 'cpu'."),
-        DeclareLaunchArgument('rviz', default_value='false',
-                              description='Start rviz2 with config/pi0.rviz.'),
+        DeclareLaunchArgument('rviz', default_value='false', description='Start rviz2.'),
+        DeclareLaunchArgument(
+            'rviz_config', default_value=PathJoinSubstitution([share, 'config', 'bimanual.rviz']),
+            description='rviz2 display config (config/<setup>.rviz).'),
         DeclareLaunchArgument('use_sim_time', default_value='false',
                               description='Use the /clock topic (simulation) as time source.'),
     ]
-    fallbacks = {'checkpoint': LaunchConfiguration('checkpoint'),
-                 'prompt': LaunchConfiguration('prompt'), 'device': LaunchConfiguration('device')}
-    policy = Node(
-        package=PACKAGE, executable='pi0_policy_node', name='pi0_policy_node', output='screen',
-        # Order matters: later entries override earlier ones (see the module docstring).
-        parameters=[fallbacks, LaunchConfiguration('params_file'), {
-            'robot': LaunchConfiguration('robot'),
-            'use_sim_time': sim_time,
-        }])
-    rviz = Node(package='rviz2', executable='rviz2',
-                arguments=['-d', PathJoinSubstitution([share, 'config', 'pi0.rviz'])],
+    overrides = NodeOverrides(
+        NODE_NAME, flags={'use_sim_time': sim_time},
+        strings={name: LaunchConfiguration(name)
+                 for name in ('robot', 'checkpoint', 'prompt', 'device')})
+    rviz = Node(package='rviz2', executable='rviz2', output='screen',
+                arguments=['-d', LaunchConfiguration('rviz_config')],
                 parameters=[{'use_sim_time': sim_time}],
                 condition=IfCondition(LaunchConfiguration('rviz')))
-    return LaunchDescription(arguments + [policy, rviz])
+    policy = Node(
+        package=PACKAGE, executable='pi0_policy_node', name=NODE_NAME, output='screen',
+        arguments=['--exit-with-parent'],  # SIGINT (final hold) if launch dies: no orphan
+        # First and last: the launch arguments win over params_file (see the module docstring).
+        parameters=[overrides, LaunchConfiguration('params_file'), overrides])
+    return LaunchDescription(arguments + [rviz, policy])

@@ -11,6 +11,7 @@ import importlib.util
 import pathlib
 
 from pi0_policy.ros import params
+from pi0_policy.ros.process import EXIT_WITH_PARENT_FLAG
 from pi0_policy.ros.sim import sim_node
 import pytest
 import yaml
@@ -26,6 +27,8 @@ SIM_NODE_NAME = 'aloha_sim'
 # Executables of other packages that a launch file may start.
 EXTERNAL_EXECUTABLES = {'rviz2', 'robot_state_publisher'}
 MAX_LINES = 80
+DEFAULTS = {spec.name: spec.default for spec in params.PARAMETERS}
+SIM_DEFAULTS = {spec.name: spec.default for spec in sim_node.SIM_PARAMETERS}
 
 
 def console_scripts() -> set[str]:
@@ -69,6 +72,19 @@ def literal(node: ast.AST, names: dict[str, str]) -> str:
     raise AssertionError(f'not a literal: {ast.dump(node)}')
 
 
+def configurations(tree: ast.Module) -> set[str]:
+    """Return the launch configurations a file reads, also those read in a comprehension."""
+    used = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.DictComp, ast.ListComp, ast.SetComp)) and calls(
+                node, 'LaunchConfiguration'):
+            used |= {literal(e, {}) for e in node.generators[0].iter.elts}
+    for call in calls(tree, 'LaunchConfiguration'):
+        if not isinstance(call.args[0], ast.Name):
+            used.add(literal(call.args[0], {}))
+    return used
+
+
 def test_the_three_setups_have_launch_files():
     names = {path.name.removesuffix('.launch.py') for path in LAUNCH_FILES}
     assert set(OWN_LAUNCH_FILES) <= names
@@ -108,7 +124,7 @@ def test_launch_file_is_thin_and_declares_described_arguments(setup):
                for n in tree.body)
     declared = declared_arguments(path)
     assert REQUIRED_ARGUMENTS <= declared, f'missing: {REQUIRED_ARGUMENTS - declared}'
-    used = {literal(call.args[0], {}) for call in calls(tree, 'LaunchConfiguration')}
+    used = configurations(tree)
     assert used <= declared, f'undeclared: {used - declared}'
 
 
@@ -141,10 +157,125 @@ def test_executables_are_console_scripts_and_configs_are_params_files(setup):
             params.node_config_from_values(data[NODE_NAME]['ros__parameters'])
 
 
-def test_rviz_config_shows_the_previews():
-    data = yaml.safe_load((ROOT / 'config' / 'pi0.rviz').read_text())
-    topics = [d.get('Topic', {}).get('Value') for d in data['Visualization Manager']['Displays']]
+def node_overrides(tree: ast.Module) -> dict[str, tuple[str, set[str]]]:
+    """Return variable -> (node name, parameter names) of the NodeOverrides calls of a file."""
+    names = module_strings(tree)
+    found = {}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+                and getattr(node.value.func, 'id', None) == 'NodeOverrides'):
+            call = node.value
+            carried = set()
+            for kind in ('strings', 'flags'):
+                value = keyword(call, kind)
+                if isinstance(value, ast.Dict):
+                    carried |= {literal(k, names) for k in value.keys}
+                elif isinstance(value, ast.DictComp):
+                    carried |= {literal(e, names) for e in value.generators[0].iter.elts}
+            found[node.targets[0].id] = (literal(call.args[0], names), carried)
+    return found
+
+
+def own_nodes(tree: ast.Module) -> dict[str, ast.Call]:
+    """Return node name -> Node call of the pi0_policy nodes a launch file starts."""
+    names = module_strings(tree)
+    return {literal(keyword(call, 'name'), names): call for call in calls(tree, 'Node')
+            if literal(keyword(call, 'package'), names) == 'pi0_policy'}
+
+
+# The parameters each node gets from launch arguments; no setup YAML may set them (they would be
+# dead values: the launch argument always wins).
+LAUNCH_PARAMETERS = {NODE_NAME: {'robot', 'checkpoint', 'prompt', 'device', 'use_sim_time'},
+                     SIM_NODE_NAME: {'robot', 'sim_time'}}
+
+
+@pytest.mark.parametrize('setup', (BASE_LAUNCH_FILE, *OWN_LAUNCH_FILES))
+def test_every_node_gets_the_launch_arguments_first_and_last(setup):
+    # rclpy ranks parameter entries by the first appearance of their node key, not by file
+    # order (test_launch_overrides proves it with real rclpy); the overrides file first and last
+    # is what makes the launch arguments win over any params file (see launch_overrides).
+    tree = ast.parse((ROOT / 'launch' / f'{setup}.launch.py').read_text())
+    overrides = node_overrides(tree)
+    for name, call in own_nodes(tree).items():
+        parameters = keyword(call, 'parameters')
+        assert isinstance(parameters, ast.List) and len(parameters.elts) >= 3, name
+        first, *files, last = parameters.elts
+        assert isinstance(first, ast.Name) and isinstance(last, ast.Name), name
+        assert first.id == last.id and first.id in overrides, (
+            f'{setup}: {name} must get its NodeOverrides first and last')
+        node, carried = overrides[first.id]
+        assert node == name
+        assert carried == LAUNCH_PARAMETERS[name], f'{setup}: {name} carries {carried}'
+        assert files, f'{setup}: {name} gets no params file'
+        # If launch dies (SIGTERM/SIGKILL leave its children running), the node stops too.
+        arguments = keyword(call, 'arguments')
+        assert arguments is not None and EXIT_WITH_PARENT_FLAG in {
+            literal(e, {}) for e in arguments.elts}, f'{setup}: {name} could be orphaned'
+
+
+@pytest.mark.parametrize('setup', OWN_LAUNCH_FILES)
+def test_setup_launch_files_forward_params_file_and_their_own_arguments(setup):
+    # A per-setup file that fixes params_file in its include would silently ignore
+    # params_file:= (the include's value wins): it must declare and forward it.
+    tree = ast.parse((ROOT / 'launch' / f'{setup}.launch.py').read_text())
+    own = {literal(call.args[0], {}) for call in calls(tree, 'DeclareLaunchArgument')}
+    assert {'params_file', 'rviz_config', 'robot'} <= own
+    (include,) = calls(tree, 'IncludeLaunchDescription')
+    forwarded = {n.value for n in ast.walk(keyword(include, 'launch_arguments'))
+                 if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    assert own <= forwarded, f'{setup} declares but does not forward {own - forwarded}'
+    arguments = keyword(include, 'launch_arguments')
+    assert not calls(arguments, 'PathJoinSubstitution'), 'the include must not fix a file'
+
+
+@pytest.mark.parametrize('config', sorted(p.name for p in (ROOT / 'config').glob('*.yaml')))
+def test_setup_yamls_do_not_set_launch_arguments(config):
+    data = yaml.safe_load((ROOT / 'config' / config).read_text())
+    for key, section in data.items():
+        node = key.lstrip('/')
+        carried = (set().union(*LAUNCH_PARAMETERS.values()) if node == '**'
+                   else LAUNCH_PARAMETERS.get(node, set()))
+        shadowed = carried & set(section['ros__parameters'])
+        assert not shadowed, (f'config/{config} sets {sorted(shadowed)} for {key}: launch '
+                              'arguments set them; remove them from the YAML')
+
+
+def setup_defaults(setup: str) -> dict[str, str]:
+    """Return the literal default values of a per-setup launch file's own arguments."""
+    tree = ast.parse((ROOT / 'launch' / f'{setup}.launch.py').read_text())
+    return {literal(call.args[0], {}): keyword(call, 'default_value')
+            for call in calls(tree, 'DeclareLaunchArgument')}
+
+
+@pytest.mark.parametrize('setup', OWN_LAUNCH_FILES)
+def test_rviz_config_of_each_setup_shows_what_its_nodes_publish(setup):
+    defaults = setup_defaults(setup)
+    tree = ast.parse((ROOT / 'launch' / f'{setup}.launch.py').read_text())
+    rviz_file = [path for path in referenced_files(tree) if path.suffix == '.rviz']
+    assert rviz_file == [ROOT / 'config' / f'{setup}.rviz']
+    rviz = yaml.safe_load((ROOT / 'config' / f'{setup}.rviz').read_text())
+    manager = rviz['Visualization Manager']
+    node_params = yaml.safe_load((ROOT / 'config' / f'{setup}.yaml').read_text())
+    policy_params = node_params[NODE_NAME]['ros__parameters']
+    frame = policy_params.get('preview_frame', DEFAULTS['preview_frame'])
+    assert manager['Global Options']['Fixed Frame'] == frame
+    robot = yaml.safe_load((ROOT / 'config' / 'robots' /
+                            f'{literal(defaults["robot"], {})}.yaml').read_text())
+    cameras = {cam['name']: cam['topic'] for cam in robot['cameras']}
+    if setup.startswith('sim_'):
+        sim_values = node_params[SIM_NODE_NAME]['ros__parameters']
+        camera_map = sim_values.get('camera_map', SIM_DEFAULTS['camera_map'])
+        cameras = {n: t for n, t in cameras.items()
+                   if n in sim_node.parse_mapping(camera_map, 'camera_map')}
+    displays = manager['Displays']
+    topics = {d['Topic']['Value'] for d in displays if 'Topic' in d}
+    images = {d['Topic']['Value'] for d in displays if d['Class'].endswith('/Image')}
     assert f'/{NODE_NAME}/preview/markers' in topics
+    assert images == set(cameras.values()), 'one Image display per camera of the robot'
+    assert topics == images | {f'/{NODE_NAME}/preview/markers'}, 'no topic nobody publishes'
+    # Nothing in this package publishes a robot_description: no RobotModel display.
+    assert not [d for d in displays if d['Class'].endswith('/RobotModel')]
+    assert 'robot_description' not in (ROOT / 'config' / f'{setup}.rviz').read_text()
 
 
 @pytest.mark.parametrize('setup', (BASE_LAUNCH_FILE, *OWN_LAUNCH_FILES))

@@ -3,6 +3,7 @@
 import io
 import json
 import math
+import threading
 import time
 
 from embodiment_adapters import load_adapter, load_robot_config
@@ -10,7 +11,8 @@ import numpy as np
 from pi0_msgs.msg import PolicyStatus
 from pi0_policy.ros import conversions
 from pi0_policy.ros.sim.sim_node import (AlohaSimNode, build_routes, CLOCK_TOPIC,
-                                         config_from_values, LOCKSTEP_TIMEOUT, parse_mapping)
+                                         config_from_values, LOCKSTEP_TIMEOUT, parse_mapping,
+                                         SHUTDOWN_TIMEOUT)
 from pi0_policy.sim import report
 from pi0_policy.sim.aloha import (
     AlohaSim, AlohaSimConfig, ARM_DOF, GripperCalibration, INTERBOTIX_ROS2_GRIPPER,
@@ -320,6 +322,42 @@ def test_sim_time_node_publishes_clock_and_waits_for_commands():
         executor.shutdown()
         probe.destroy_node()
         sim.destroy_node()
+        rclpy.try_shutdown(context=context)
+    # The control of the bounded-shutdown test below: a healthy sim stops cleanly.
+    assert sim.stopped_cleanly
+
+
+def test_sim_node_shutdown_is_bounded_when_a_step_hangs():
+    # A step that never returns (here: its lock held by another thread) used to make
+    # destroy_node join forever, and launch SIGKILLed the sim. Now each wait is bounded.
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    sim = AlohaSimNode(context=context, parameter_overrides=[
+        Parameter('image_height', value=SMALL['image_height']),
+        Parameter('image_width', value=SMALL['image_width']),
+        Parameter('sim_time', value=True), Parameter('real_time_factor', value=5.0)])
+    hang = threading.Event()
+    held = threading.Event()
+
+    def hung_step():
+        with sim._tick_lock:
+            held.set()
+            hang.wait(60.0)
+
+    staller = threading.Thread(target=hung_step, daemon=True)
+    staller.start()
+    destroyer = threading.Thread(target=sim.destroy_node, daemon=True)
+    try:
+        assert held.wait(10.0)
+        destroyer.start()
+        # Two waits of SHUTDOWN_TIMEOUT each, plus slack for a loaded machine.
+        destroyer.join(2 * SHUTDOWN_TIMEOUT + 20.0)
+        assert not destroyer.is_alive(), 'destroy_node did not return'
+        assert not sim.stopped_cleanly
+    finally:
+        hang.set()
+        staller.join(10.0)
+        sim._sim.close()  # the scene left behind: free it here
         rclpy.try_shutdown(context=context)
 
 

@@ -44,6 +44,7 @@ from pi0_policy.ros.commands import CommandRouter
 from pi0_policy.ros.control_loop import ControlLoop
 from pi0_policy.ros.observation import (
     check_message, check_topics, decode_image, MESSAGE_TYPES)
+from pi0_policy.ros.process import exit_with_parent_if_asked
 from pi0_policy.ros.worker import InferenceWorker
 from pi0_policy.runtime.chunking import make_executor
 from pi0_policy.runtime.config import NodeConfig
@@ -501,6 +502,7 @@ def main(args: list[str] | None = None) -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     # Own signal handling: the final commands must go out before the context is shut down.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    exit_with_parent_if_asked(args)  # launch files pass --exit-with-parent: never an orphan
     try:
         node = PolicyNode()
     except BaseException:

@@ -29,6 +29,9 @@ Time (parameter ``sim_time``; every other node must set ``use_sim_time`` to the 
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+import os
+import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -38,6 +41,7 @@ from embodiment_adapters.config import CommandSpec, CommandType, load_robot_conf
 import numpy as np
 from pi0_policy.ros import conversions
 from pi0_policy.ros.params import ParamSpec
+from pi0_policy.ros.process import exit_with_parent_if_asked
 from pi0_policy.sim.aloha import (AlohaSim, AlohaSimConfig, SIDES, steps_per_frame, TASK_SCENES,
                                   TrajectoryTarget)
 import rclpy
@@ -69,6 +73,9 @@ MAX_CATCH_UP_PERIODS = 5
 # Simulated time: wall seconds without a command after which the sim stops waiting for commands
 # (the controller is disabled or gone) and runs on freely until commands arrive again.
 LOCKSTEP_TIMEOUT = 1.0
+# Wall seconds destroy_node waits for each of: the stepping thread, a running tick, freeing the
+# scene. Beyond that it gives up on that part (logged), so that shutdown stays bounded.
+SHUTDOWN_TIMEOUT = 2.0
 # Tolerance when comparing simulated durations with whole periods (fraction of a period).
 PERIOD_TOLERANCE = 1e-6
 NANOSECONDS = 1_000_000_000
@@ -284,6 +291,7 @@ class AlohaSimNode(Node):
         self._steps_per_frame = steps_per_frame(self._period, self._config.camera_rate_hz)
         self._wall = Clock(clock_type=ClockType.STEADY_TIME)
         self._closed = False
+        self._stopped_cleanly = False
         self._stop = threading.Event()
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, QOS_DEPTH)
         self._diag_timer = self.create_timer(DIAGNOSTICS_PERIOD, self._publish_diagnostics,
@@ -316,19 +324,46 @@ class AlohaSimNode(Node):
             + (f'simulated time on /clock (at most {self._config.real_time_factor:g} x real '
                f'time{lockstep}).' if self._config.sim_time else 'real time.'))
 
+    @property
+    def stopped_cleanly(self) -> bool:
+        """Return whether destroy_node stopped stepping and freed the scene in time."""
+        return self._stopped_cleanly
+
     def destroy_node(self) -> None:
-        """Stop stepping, free the scene and join its render thread, then destroy the node."""
+        """
+        Stop stepping, free the scene and join its render thread, then destroy the node.
+
+        Bounded: each wait lasts at most ``SHUTDOWN_TIMEOUT``; a part that does not finish in
+        time is logged and left behind (``stopped_cleanly`` is then False).
+        """
         self._stop.set()
         with self._command_arrived:
             self._command_arrived.notify_all()
+        clean = True
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
-        with self._tick_lock:  # a tick still running on an executor thread finishes first
+            self._thread.join(SHUTDOWN_TIMEOUT)
+            clean = not self._thread.is_alive()
+        # A tick still running on an executor thread (or the stepping thread) finishes first.
+        if self._tick_lock.acquire(timeout=SHUTDOWN_TIMEOUT):
+            try:
+                self._closed = True
+                if self._timer is not None:
+                    self.destroy_timer(self._timer)
+                self.destroy_timer(self._diag_timer)
+            finally:
+                self._tick_lock.release()
+            closer = threading.Thread(target=self._sim.close, name='aloha_sim_close', daemon=True)
+            closer.start()
+            closer.join(SHUTDOWN_TIMEOUT)
+            clean = clean and not closer.is_alive()
+        else:
             self._closed = True
-            if self._timer is not None:
-                self.destroy_timer(self._timer)
-            self.destroy_timer(self._diag_timer)
-            self._sim.close()
+            clean = False
+        if not clean:
+            self.get_logger().error(
+                f'The sim did not stop within {SHUTDOWN_TIMEOUT:g} s (stepping or rendering '
+                'hangs); leaving it behind so that the process can exit.')
+        self._stopped_cleanly = clean
         super().destroy_node()
 
     def _read_config(self) -> tuple[SimNodeConfig, RobotConfig]:
@@ -546,18 +581,29 @@ class AlohaSimNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    """Run the sim node until Ctrl-C."""
+    """Run the sim node until Ctrl-C; the shutdown takes a few seconds at most."""
     rclpy.init(args=args)
+    exit_with_parent_if_asked(args)  # launch files pass --exit-with-parent: never an orphan
     node = None
+    clean = True
     try:
         node = AlohaSimNode()
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # More Ctrl-C's (launch forwards each one) must not cut the bounded clean-up short.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             node.destroy_node()
+            clean = node.stopped_cleanly
         rclpy.try_shutdown()
+    if not clean:
+        # A hung render thread would keep the interpreter from exiting: leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
 
 
 if __name__ == '__main__':
