@@ -19,6 +19,7 @@ from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 from pi0_policy.ros.launch_substitutions import NodeOverrides
 
@@ -60,7 +61,7 @@ def generate_launch_description() -> LaunchDescription:
                  for name in ('robot', 'checkpoint', 'prompt', 'device')})
     rviz = Node(package='rviz2', executable='rviz2', output='screen',
                 arguments=['-d', LaunchConfiguration('rviz_config')],
-                parameters=[{'use_sim_time': sim_time}],
+                parameters=[{'use_sim_time': ParameterValue(sim_time, value_type=bool)}],
                 condition=IfCondition(LaunchConfiguration('rviz')))
     policy = Node(
         package=PACKAGE, executable='pi0_policy_node', name=NODE_NAME, output='screen',

@@ -34,11 +34,11 @@ def generate_launch_description() -> LaunchDescription:
     recorder = Node(
         package=PACKAGE, executable='pi0_recorder', name='pi0_recorder', output='screen',
         parameters=[{
-            'robot': LaunchConfiguration('robot'),
-            'dataset_dir': LaunchConfiguration('dataset_dir'),
-            'task': LaunchConfiguration('task'),
+            'robot': ParameterValue(LaunchConfiguration('robot'), value_type=str),
+            'dataset_dir': ParameterValue(LaunchConfiguration('dataset_dir'), value_type=str),
+            'task': ParameterValue(LaunchConfiguration('task'), value_type=str),
             'fps': ParameterValue(LaunchConfiguration('fps'), value_type=int),
-            'cameras': LaunchConfiguration('cameras'),
+            'cameras': ParameterValue(LaunchConfiguration('cameras'), value_type=str),
             'use_sim_time': ParameterValue(LaunchConfiguration('use_sim_time'), value_type=bool),
         }])
     return LaunchDescription(arguments + [recorder])

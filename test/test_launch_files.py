@@ -213,6 +213,20 @@ def test_every_node_gets_the_launch_arguments_first_and_last(setup):
             literal(e, {}) for e in arguments.elts}, f'{setup}: {name} could be orphaned'
 
 
+@pytest.mark.parametrize('path', LAUNCH_FILES, ids=lambda p: p.name)
+def test_node_parameters_from_launch_arguments_are_typed(path):
+    # launch_ros YAML-parses an untyped substitution: prompt:=yes became the bool True and
+    # prompt:='Task: fold the towel' a dict. Values in a parameters dict must be typed.
+    tree = ast.parse(path.read_text())
+    for call in calls(tree, 'Node'):
+        for entry in getattr(keyword(call, 'parameters'), 'elts', []):
+            if isinstance(entry, ast.Dict):
+                for key, value in zip(entry.keys, entry.values):
+                    untyped = (isinstance(value, ast.Name) or calls(value, 'LaunchConfiguration')
+                               and not calls(value, 'ParameterValue'))
+                    assert not untyped, f'{path.name}: {literal(key, {})} needs ParameterValue'
+
+
 @pytest.mark.parametrize('setup', OWN_LAUNCH_FILES)
 def test_setup_launch_files_forward_params_file_and_their_own_arguments(setup):
     # A per-setup file that fixes params_file in its include would silently ignore
