@@ -64,6 +64,9 @@ grep -rlZ --include='*.cmake' /opt/python/cp311-cp311 "$VENV/share" 2>/dev/null 
 # --- build -----------------------------------------------------------------------------------------
 if [ "${PI0_SKIP_BUILD:-0}" != 1 ]; then
   log "colcon build"
+  # A file removed from the sources leaves a dangling link in a --symlink-install build/, on
+  # which colcon fails ("can't copy ... doesn't exist"): drop such links first.
+  [ -d build ] && find build -xtype l -delete
   # shellcheck disable=SC1091
   ( source "$ROOT/env.sh" --no-install && colcon build --symlink-install --event-handlers console_cohesion- summary+ >/dev/null \
       || { echo "[setup] colcon build failed; see log/latest_build" >&2; exit 1; } )
