@@ -1,6 +1,10 @@
 """LeRobotDataset v3 writing/reading, crash recovery, time alignment and recording sessions."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import types
 
 import embodiment_adapters
@@ -114,6 +118,47 @@ def test_crash_loses_only_the_open_episode(tmp_path):
     assert reader.num_episodes == 1 and reader.episode(0).length == 5
     assert _record(reopened, 'pick', 4).index == 1
     assert DatasetReader(root).episode(1).length == 4
+
+
+# A writer process that saves one episode, then is killed in the middle of the second.
+_KILLED_WRITER = r"""
+import sys, time
+import numpy as np
+from pi0_policy.data.layout import DatasetSpec
+from pi0_policy.data.writer import DatasetWriter
+spec = DatasetSpec(fps=10, robot_type='mock', state_names=('a', 'b'), action_names=('a', 'b'),
+                   cameras={'cam': (32, 48)})
+writer = DatasetWriter(sys.argv[1], spec)
+for length in (6, 1000):
+    episode = writer.start_episode('pick')
+    for i in range(length):
+        episode.add_frame([i, 0], [i, 0], {'cam': np.zeros((32, 48, 3), np.uint8)})
+        if length > 6 and i == 20:
+            print('RECORDING', flush=True)
+            time.sleep(60)
+    episode.save()
+"""
+KILL_TIMEOUT_S = 60
+
+
+def test_killed_process_loses_only_the_open_episode(tmp_path):
+    """SIGKILL in the middle of an episode: the saved episode survives, the folder extends."""
+    root = tmp_path / 'ds'
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, '-c', _KILLED_WRITER, str(root)], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == 'RECORDING'
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=KILL_TIMEOUT_S)
+    assert any((root / STAGING_DIR).iterdir())  # the open episode was being written
+    writer = DatasetWriter(root)
+    assert writer.num_episodes == 1
+    assert not any((root / STAGING_DIR).glob('*'))
+    assert _record(writer, 'pick', 3).index == 1
+    reader = DatasetReader(root)
+    assert [reader.episode(i).length for i in range(2)] == [6, 3]
 
 
 def test_writer_errors(tmp_path):

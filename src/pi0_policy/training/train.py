@@ -241,6 +241,10 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
         raise ValueError(f'batch_size {cfg.batch_size} must be a multiple of the {world} '
                          'processes.')
     out = cfg.out
+    if cfg.decay_steps > cfg.steps and rank == 0:
+        _LOG.warning('The learning rate decays over %d steps but the run stops at %d: pass '
+                     '--decay-steps %d to finish the cosine.', cfg.decay_steps, cfg.steps,
+                     cfg.steps)
     resume_dir = checkpoints.step_dirs(out)[-1] if cfg.resume and checkpoints.step_dirs(
         out) else None
     readers = [DatasetReader(p) for p in cfg.datasets]
