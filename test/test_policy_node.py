@@ -650,6 +650,10 @@ def test_parameters_are_live_or_refused_with_a_reason(make_harness):
     assert set_parameters(harness, max_age=0.05, execute_steps=5, num_steps=3)[0].successful
     assert node._ctl.buffer.max_age == 0.05 and node._ctl.status.max_age == 0.05
     assert node._ctl.executor.config.execute_steps == 5 and node._policy.num_steps == 3
+    assert set_parameters(harness, rtc_schedule='linear', rtc_max_guidance_weight=2.0,
+                          inference_delay_s=0.01)[0].successful
+    assert (node._policy.rtc_schedule, node._policy.rtc_max_guidance_weight) == ('linear', 2.0)
+    assert node._ctl.inference_delay_s == 0.01
     horizon = node._policy.action_horizon
     (result,) = set_parameters(harness, execute_steps=horizon + 1)
     assert not result.successful and 'exceeds' in result.reason

@@ -170,11 +170,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               apply=LIVE),
     ParamSpec('rtc_schedule', RTC_SCHEDULES[0], 'rtc: soft mask over the previous chunk '
               '(exp, linear, ones, zeros = hard mask of the first d actions).',
-              choices=RTC_SCHEDULES),
+              choices=RTC_SCHEDULES, apply=LIVE),
     ParamSpec('rtc_max_guidance_weight', DEFAULT_MAX_GUIDANCE_WEIGHT, 'rtc: clip beta of the '
-              'guidance weight (0 disables guidance).', range=(0.0, 1000.0)),
+              'guidance weight (0 disables guidance).', range=(0.0, 1000.0), apply=LIVE),
     ParamSpec('inference_delay_s', 0.0, 'Benchmarking: seconds added to every inference, to '
-              'compare chunk strategies under latency. 0 in normal runs.', range=(0.0, 60.0)),
+              'compare chunk strategies under latency. 0 in normal runs.', range=(0.0, 60.0),
+              apply=LIVE),
     ParamSpec('request_remaining', 25, 'async: request the next inference once at most this many '
               'actions are left in the current chunk.', range=(0, 10_000), apply=LIVE),
     ParamSpec('ensemble_coefficient', 0.01, 'ensemble: ACT weight coefficient m in '

@@ -34,6 +34,8 @@ WAITING_DETAIL = 'waiting for the next chunk'
 # client reconnects to): the run holds (WARN). Any other error (model, device, out of memory)
 # needs a person: the run holds in ERROR.
 RECOVERABLE_ERRORS = (InputError, ValueError, ConnectionError, TimeoutError)
+# Settings of the in-process policy that apply from its next inference (attributes of Pi0Policy).
+POLICY_LIVE_FIELDS = ('num_steps', 'rtc_schedule', 'rtc_max_guidance_weight')
 # Most hold ticks a stop ramps the base down for before the final zero command.
 MAX_STOP_TICKS = 500
 
@@ -197,11 +199,12 @@ class Session:
 
         """
         live_execution(self.executor.config, config.execution)
-        steps = config.policy.num_steps
-        if steps != previous.policy.num_steps and not hasattr(self.policy, 'num_steps'):
-            raise ValueError(f"Parameter 'num_steps' with the value {steps} cannot apply: the "
-                             f'policy runs in a {config.policy.backend} server, which owns it. '
-                             "Set it on the server ('pi0-policy serve --num-steps').")
+        for name in POLICY_LIVE_FIELDS:
+            value = getattr(config.policy, name)
+            if value != getattr(previous.policy, name) and not hasattr(self.policy, name):
+                raise ValueError(f"Parameter '{name}' with the value {value!r} cannot apply: "
+                                 f'the policy runs in a {config.policy.backend} server, which '
+                                 'owns it. Set it where the server is started.')
         if config.prompt != previous.prompt:
             clean_instruction(config.prompt, config.max_instruction_chars)
 
@@ -218,8 +221,10 @@ class Session:
             self.safety.update(safety_config(self.adapter, config.velocity_scale,
                                              self.safety.config.dt))
             self.executor.update_config(live_execution(self.executor.config, config.execution))
-            if hasattr(self.policy, 'num_steps'):  # in-process; a server owns its own
-                self.policy.num_steps = config.policy.num_steps
+            for name in POLICY_LIVE_FIELDS:  # in-process only; a server owns its own
+                if hasattr(self.policy, name):
+                    setattr(self.policy, name, getattr(config.policy, name))
+            self.inference_delay_s = config.policy.inference_delay_s
             if config.prompt != previous.prompt:
                 return self.set_instruction(config.prompt, config.max_instruction_chars)
         return ''
