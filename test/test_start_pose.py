@@ -1,11 +1,15 @@
-"""Tests of the start pose in robot configs and the planned move to it (pure, no ROS)."""
+"""Tests of the start pose in robot configs, the planned move and its execution (no ROS)."""
 
 import embodiment_adapters
 from embodiment_adapters import make_adapter, parse_robot_config
 import numpy as np
 from pi0_policy.runtime import start_pose as sp
+from pi0_policy.runtime.status import NodeState
 import pytest
 from test_policy import ROBOT_CONFIG_DIR
+# The Session tests' fixtures 'parts' and 'policy' (mock robot, tiny policy), made visible here
+# and requested by name, and their Run helper.
+from test_session import parts, policy, Run  # noqa: F401, I100
 import yaml
 
 DT = 0.02  # 50 Hz control
@@ -103,3 +107,71 @@ def test_bad_start_pose_in_the_robot_config(edit, field, message):
     with pytest.raises(ValueError, match=message) as info:
         parse_robot_config(doc, source='mock.yaml', name='mock')
     assert f"field '{field}'" in str(info.value)
+
+
+# ------------------------------------------------------------ execution by the run's Session
+
+
+def play_move(run) -> list:
+    """Tick until the move is over; return the commands it sent."""
+    sent = []
+    while run.session.motion is not None:
+        run.step()
+        if run.session.motion is not None:
+            sent.append(run.published[-1])
+    return sent
+
+
+def session_run(request, *, enabled: bool) -> Run:
+    """Return a Run of the Session tests (mock robot, tiny policy)."""
+    return Run(request.getfixturevalue('parts'), request.getfixturevalue('policy'),
+               enabled=enabled)
+
+
+def test_session_plays_the_move_while_disabled_then_holds_the_start_pose(request):
+    run = session_run(request, enabled=False)
+    run.feed()
+    message = run.session.start_move()
+    move = run.session.motion.move
+    assert message == (f'moving to the start pose: {len(move.commands)} commands, '
+                       f'{move.duration_s:.2f} s')
+    goal = sp.start_goal(run.adapter)
+    sent = play_move(run)
+    assert len(sent) == len(move.commands)
+    np.testing.assert_array_equal(sent[-1], goal)
+    path = np.vstack([run.positions, sent])
+    limit = np.asarray(run.safety.config.max_velocity) * run.executor.config.dt
+    assert (np.abs(np.diff(path, axis=0)) <= limit + STEP_TOLERANCE).all()
+    # Done: the disabled run holds the start pose once, then stays disabled.
+    np.testing.assert_array_equal(run.published[-1], goal)
+    assert run.status.state == NodeState.DISABLED
+    count = len(run.published)
+    run.step()
+    assert len(run.published) == count
+
+
+def test_session_refuses_or_stops_the_move_safely(request):
+    run = session_run(request, enabled=True)
+    run.feed()
+    with pytest.raises(RuntimeError, match=r'The policy is enabled; disable it \(~/enable '
+                                           r'false\) before moving to the start pose'):
+        run.session.start_move()
+    run.session.set_enabled(False)
+    run.now += 10.0  # joint states go stale
+    with pytest.raises(RuntimeError, match='No fresh joint positions'):
+        run.session.start_move()
+    run.feed()
+    run.session.start_move()
+    run.step()
+    # Any enable request stops the move.
+    run.session.set_enabled(False)
+    assert run.session.motion is None
+    run.session.start_move()
+    run.step()
+    last = run.published[-1]
+    # Stale joint states stop the move with a hold of the last command.
+    run.now += 10.0
+    run.session.tick()
+    assert run.session.motion is None and run.status.state == NodeState.HOLDING
+    assert run.status.detail == 'start pose move stopped: no fresh joint positions'
+    np.testing.assert_array_equal(run.published[-1], last)

@@ -142,6 +142,8 @@ class PolicyNode(LifecycleNode):
         self.create_service(SetInstruction, '~/set_instruction', self._on_set_instruction,
                             callback_group=io)
         self.create_service(SetBool, '~/enable', self._on_enable, callback_group=io)
+        self.create_service(Trigger, '~/move_to_start', self._on_move_to_start,
+                            callback_group=io)
         rates = {name: self.get_parameter(name).value
                  for name in ('status_rate_hz', 'diagnostics_rate_hz')}
         self._status_timer = self.create_timer(1.0 / rates['status_rate_hz'],
@@ -411,6 +413,20 @@ class PolicyNode(LifecycleNode):
                 return response
             self._ctl.set_enabled(request.data)
         response.success, response.message = True, f'enabled={request.data}'
+        return response
+
+    def _on_move_to_start(self, request, response):
+        """Start the move to the robot config's start_pose (active node, policy disabled)."""
+        response.success, response.message = False, 'activate the node first'
+        with self._io_lock:
+            if self._ctl is not None and self._control_timer is not None:
+                try:
+                    response.message = self._ctl.start_move()
+                    response.success = True
+                except (RuntimeError, ValueError) as error:
+                    response.message = str(error)
+        if not response.success:
+            self._report_error(f'move_to_start refused: {response.message}')
         return response
 
     def _report_error(self, text: str) -> None:

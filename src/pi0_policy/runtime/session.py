@@ -24,6 +24,7 @@ from pi0_policy.runtime.inputs import (
     ObservationBuffer)
 from pi0_policy.runtime.policy import Pi0Policy, PolicyResult, TIME_TOTAL
 from pi0_policy.runtime.safety import HoldReason, SafetyConfig, SafetyFilter
+from pi0_policy.runtime.start_pose import plan_start_move, StartMover
 from pi0_policy.runtime.status import NodeState, StatusReporter
 
 _LOG = logging.getLogger(__name__)
@@ -145,6 +146,8 @@ class Session:
         self.fatal = False
         self._wake: Callable[[], None] | None = None
         self._lock = threading.RLock()
+        # The move to the start pose in progress (runs while the policy is disabled), or None.
+        self.motion: StartMover | None = None
 
     def activate(self, wake: Callable[[], None]) -> None:
         """Start from an empty plan; ``wake`` asks the inference thread for a chunk."""
@@ -160,7 +163,64 @@ class Session:
         """Enable or disable commands; the plan (and any chunk being inferred) is dropped."""
         with self._lock:
             self._drop_plan()
+            self.motion = None  # any enable request stops a move to the start pose
             self.enabled = enabled
+
+    def start_move(self, velocity_scale: float | None = None) -> str:
+        """
+        Plan the move to the robot's start pose from the fresh measured positions.
+
+        The control ticks then play it, one command per tick through the safety filter, while
+        the policy stays disabled; ``set_enabled`` stops it.
+
+        Args:
+            velocity_scale: Fraction of each joint's max_velocity the move may reach; None uses
+                the safety filter's current limits (the node's velocity_scale).
+
+        Returns:
+            A description of the planned move.
+
+        Raises:
+            RuntimeError: The policy is enabled, or there are no fresh joint positions.
+            ValueError: The robot config has no start_pose.
+
+        """
+        with self._lock:
+            if self.enabled:
+                raise RuntimeError('The policy is enabled; disable it (~/enable false) before '
+                                   'moving to the start pose.')
+            measured = self.measured(self._clock())
+            if measured is None:
+                raise RuntimeError('No fresh joint positions (older than max_age or missing); '
+                                   'the move to the start pose starts from the measured pose.')
+            if velocity_scale is None:
+                limits = np.asarray(self.safety.config.max_velocity) / self.adapter.max_velocity
+                velocity_scale = float(min(1.0, np.min(limits[~self.adapter.is_velocity])))
+            move = plan_start_move(self.adapter, measured, dt=self.executor.config.dt,
+                                   velocity_scale=velocity_scale)
+            self.motion = StartMover(move)
+            return (f'moving to the start pose: {len(move.commands)} commands, '
+                    f'{move.duration_s:.2f} s')
+
+    def _tick_motion(self, motion: StartMover, now: float) -> bool:
+        """Send the next command of the start-pose move (lock held); False once complete."""
+        measured = self.measured(now)
+        if measured is None:  # the move needs live joint states: stop and hold
+            self.motion = None
+            self._publish(self.safety.hold(HoldReason.STALE_INPUT)[0])
+            self.set_state(NodeState.HOLDING, 'start pose move stopped: no fresh joint '
+                           'positions')
+            return True
+        command = motion.next_command()
+        if command is None:
+            self.motion = None
+            return False
+        first = self.safety.last_command is None
+        safe, _ = self.safety.filter(command, measured if first else None)
+        self._publish(safe)
+        self.commanded = True
+        self.set_state(NodeState.RUNNING, f'moving to the start pose ({motion.progress})')
+        return True
 
     def set_max_age(self, max_age: float) -> None:
         """Change the age (s) beyond which an input is stale, from the next tick on."""
@@ -248,6 +308,9 @@ class Session:
         with self._lock:
             now = self._clock()
             self.status.count_tick(now)
+            motion = self.motion
+            if motion is not None and not self.enabled and self._tick_motion(motion, now):
+                return
             if not self.enabled:
                 return self._disabled_tick()
             problem = self.buffer.problem(now)

@@ -110,3 +110,25 @@ def plan_start_move(adapter: EmbodimentAdapter, measured: np.ndarray, *, dt: flo
     commands[-1] = goal  # exactly, without rounding
     commands[:, ~joints] = 0.0
     return StartMove(commands=commands, dt=float(dt), goal=goal)
+
+
+class StartMover:
+    """Hand out a planned move one command per control tick (used by the run's Session)."""
+
+    def __init__(self, move: StartMove) -> None:
+        """Start at the first command of ``move``."""
+        self.move = move
+        self._index = 0
+
+    @property
+    def progress(self) -> str:
+        """Return 'sent/total' commands, for status reports."""
+        return f'{self._index}/{len(self.move.commands)}'
+
+    def next_command(self) -> np.ndarray | None:
+        """Return the (D,) command of this tick, or None when the move is complete."""
+        if self._index >= len(self.move.commands):
+            return None
+        command = self.move.commands[self._index]
+        self._index += 1
+        return command
