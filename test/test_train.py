@@ -20,7 +20,8 @@ from pi0_policy.training import samples
 from pi0_policy.training.config import preset, TrainConfig
 from pi0_policy.training.optim import learning_rate
 from pi0_policy.training.tokenizer import train_tokenizer
-from pi0_policy.training.train import LOG_FILE, LOSS_CURVE_FILE, train
+from pi0_policy.training.train import (delay_conditioned_times, LOG_FILE, LOSS_CURVE_FILE,
+                                       train)
 import pytest
 import torch
 
@@ -144,6 +145,19 @@ def test_train_checkpoint_loads_resumes_and_fine_tunes(dataset, tmp_path):
                        after.vlm.layers[0].mlp.up_proj.weight)
     assert not torch.equal(before.action_out_proj.weight, after.action_out_proj.weight)
     assert tuned.trainable_params < sum(p.numel() for p in before.parameters())
+
+
+def test_training_time_rtc(dataset, tmp_path):
+    """Leading actions get flow time 0; the checkpoint is marked delay-conditioned."""
+    times = delay_conditioned_times(torch.tensor([0.5, 0.9]), torch.tensor([0, 2]), 4)
+    np.testing.assert_allclose(times.numpy(), [[0.5] * 4, [0.0, 0.0, 0.9, 0.9]], rtol=1e-6)
+    result = train(_config(dataset, tmp_path / 'rtc', steps=2, decay_steps=2, rtc_max_delay=3),
+                   progress=False)
+    assert all(np.isfinite(result.losses))
+    _, config, _ = load_pi0(result.checkpoint)
+    assert config.delay_conditioned
+    with pytest.raises(ValueError, match='smaller than the action horizon'):
+        train(_config(dataset, tmp_path / 'bad', rtc_max_delay=10), progress=False)
 
 
 def test_train_command_errors(dataset, tmp_path, capsys):

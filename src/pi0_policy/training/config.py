@@ -111,6 +111,10 @@ class TrainConfig:
     # torch CPU threads per process (0: torch's default, one per core). On a shared machine
     # 1 thread is often faster than threads that wait for each other.
     threads: int = 0
+    # Training-time RTC: the first d ~ U{0..rtc_max_delay} actions of each target chunk are
+    # given clean (flow time 0) and left out of the loss; the checkpoint is marked
+    # delay_conditioned. 0 disables it.
+    rtc_max_delay: int = 0
     # SentencePiece tokenizer file for a model trained from scratch (None: train one).
     tokenizer: pathlib.Path | None = None
 
@@ -129,6 +133,8 @@ class TrainConfig:
         if self.freeze_vlm and self.init_from is None:
             raise ValueError('freeze_vlm needs init_from: a VLM trained from scratch cannot stay '
                              'frozen at its random values.')
+        if self.rtc_max_delay < 0:
+            raise ValueError(f'rtc_max_delay ({self.rtc_max_delay}) must be >= 0.')
         if self.threads < 0:
             raise ValueError(f'threads ({self.threads}) must be >= 0 (0: torch default).')
         if self.save_every <= 0 or self.log_every <= 0:

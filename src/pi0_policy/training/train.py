@@ -112,14 +112,33 @@ def _seed_of(*parts: int) -> int:
 
 
 def _noise_and_time(cfg: TrainConfig, config: Pi0Config, step: int, positions: np.ndarray,
-                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw the flow noise (B, H, A) and times (B,) of the given global batch positions."""
-    noise, times = [], []
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw flow noise (B, H, A), times (B,) and RTC delays (B,) of global batch positions."""
+    noise, times, delays = [], [], []
     for pos in positions:
         gen = torch.Generator().manual_seed(_seed_of(cfg.seed, step, int(pos)))
         noise.append(torch.randn(config.action_horizon, config.action_dim, generator=gen))
         times.append(sample_time(1, generator=gen))
-    return torch.stack(noise).to(device), torch.cat(times).to(device)
+        delays.append(torch.randint(0, cfg.rtc_max_delay + 1, (1,), generator=gen))
+    return (torch.stack(noise).to(device), torch.cat(times).to(device),
+            torch.cat(delays).to(device))
+
+
+def delay_conditioned_times(times: torch.Tensor, delays: torch.Tensor,
+                            horizon: int) -> torch.Tensor:
+    """
+    Return per-action flow times for training-time RTC: 0 (clean) before each delay, else t.
+
+    Args:
+        times: (B,) flow times.
+        delays: (B,) number of leading actions given clean.
+        horizon: H.
+
+    Returns:
+        (B, H) float32.
+    """
+    steps = torch.arange(horizon, device=times.device)[None, :]  # (1, H)
+    return torch.where(steps < delays[:, None], 0.0, times[:, None]).float()
 
 
 def _build_model(cfg: TrainConfig, adapter: Any, device: torch.device,
@@ -135,6 +154,11 @@ def _build_model(cfg: TrainConfig, adapter: Any, device: torch.device,
         width = max(32, int(adapter.unified_dim))
         config = preset(cfg.arch, num_cameras=len(unified.MODEL_IMAGE_KEYS), action_dim=width)
         model = init_random(build_empty(config, device=device), seed=cfg.seed)
+    if cfg.rtc_max_delay:
+        if cfg.rtc_max_delay >= model.config.action_horizon:
+            raise ValueError(f'rtc_max_delay ({cfg.rtc_max_delay}) must be smaller than the '
+                             f'action horizon ({model.config.action_horizon}).')
+        model.config = dataclasses.replace(model.config, delay_conditioned=True)
     model.requires_grad_(True)
     if cfg.freeze_vlm:
         for part in (model.vision, model.projector, model.vlm):
@@ -283,12 +307,16 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
             0, len(data), cfg.batch_size)
         mine = np.arange(rank * local_b, (rank + 1) * local_b)
         batch = data.batch(order[mine], device)
-        noise, times = _noise_and_time(cfg, config, step, mine, device)
+        noise, times, delays = _noise_and_time(cfg, config, step, mine, device)
+        valid = batch['action_valid']  # (b, H)
+        if cfg.rtc_max_delay:  # the given prefix is an input, not a target
+            times = delay_conditioned_times(times, delays, config.action_horizon)
+            valid = valid & (times > 0)
         with autocast:
             per = model.compute_loss(batch['images'], batch['image_masks'], batch['tokens'],
                                      batch['token_masks'], batch['state'], batch['actions'],
                                      noise=noise, time=times)  # (b, H, A)
-        valid = batch['action_valid'][:, :, None].to(per.dtype)  # (b, H, 1)
+        valid = valid[:, :, None].to(per.dtype)  # (b, H, 1)
         local_sum = (per.float() * valid).sum()
         count = _all_sum(valid.sum().detach() * per.shape[-1], world)
         (local_sum / count).backward()  # summed over ranks: grad of the global mean
@@ -383,6 +411,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name in ('peak_lr', 'decay_lr', 'b1', 'b2', 'eps', 'weight_decay', 'clip_norm',
                  'ema_decay'):
         parser.add_argument('--' + name.replace('_', '-'), type=float, default=getattr(d, name))
+    parser.add_argument('--rtc-max-delay', type=int, default=d.rtc_max_delay,
+                        help='training-time RTC: up to this many leading actions given clean')
     parser.add_argument('--device', default=d.device)
     parser.add_argument('--no-bf16', action='store_true', help='float32 on CUDA too')
 
