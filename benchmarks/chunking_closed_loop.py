@@ -196,7 +196,9 @@ def start_sim(rate_hz: float) -> subprocess.Popen:
     params = {'robot': ROBOT, 'camera_rate_hz': CAMERA_RATE_HZ, 'image_height': IMAGE_HW[0],
               'image_width': IMAGE_HW[1], 'control_rate_hz': rate_hz}
     command += ['--ros-args'] + [a for k, v in params.items() for a in ('-p', f'{k}:={v}')]
-    return subprocess.Popen(command, env=os.environ.copy(), stdout=subprocess.DEVNULL,
+    env = os.environ.copy()  # the sim runs this checkout's code, as the node does
+    env['PYTHONPATH'] = os.pathsep.join([str(ROOT / 'src'), env.get('PYTHONPATH', '')])
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 
 
