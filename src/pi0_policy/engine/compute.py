@@ -31,6 +31,7 @@ import functools
 import pathlib
 import threading
 
+from pi0_policy.model import layers
 import torch
 import torch.nn.functional as F
 
@@ -123,22 +124,16 @@ def _name(dtype: torch.dtype) -> str:
 def linear(x: torch.Tensor, weight: torch.Tensor,
            bias: torch.Tensor | None = None) -> torch.Tensor:
     """
-    Apply ``x @ weight.T + bias`` in the dtype of ``x``, upcasting a lower-precision weight.
+    Compute ``model.layers.linear``; without autograd, upcast a weight in reused row chunks.
 
-    Args:
-        x: (..., in) activations; their dtype is the compute dtype.
-        weight: (out, in) in any floating dtype.
-        bias: Optional (out,).
-
-    Returns:
-        (..., out) in the dtype of ``x``.
+    The chunks (at most ``MAX_UPCAST_ELEMENTS``) go through one per-thread buffer, so a float32
+    matmul of bfloat16 weights never holds a float32 copy of a whole matrix.
     """
-    if weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype):
-        return F.linear(x, weight, bias)
+    if (weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype)) \
+            or torch.is_grad_enabled():
+        return layers.linear(x, weight, bias)
     if bias is not None:
         bias = bias.to(x.dtype)
-    if torch.is_grad_enabled():
-        return F.linear(x, weight.to(x.dtype), bias)  # differentiable w.r.t. the weight
     rows, cols = weight.shape
     chunk = max(1, MAX_UPCAST_ELEMENTS // max(1, cols))
     if rows <= chunk:

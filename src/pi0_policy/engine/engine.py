@@ -31,7 +31,7 @@ from pi0_policy.engine.gemma import kv_scratch, LayerWeights, rope_tables, stack
 from pi0_policy.engine.gemma import StackWeights
 from pi0_policy.model.flow import time_embedding
 from pi0_policy.model.gemma import folded_bias, rms_norm
-from pi0_policy.model.pi0 import check_prior, check_time_grid, drop_invalid_tokens
+from pi0_policy.model.pi0 import drop_invalid_tokens
 from pi0_policy.model.pi0 import euler_sample, Pi0Model, PrefixCache, suffix_allowed
 from pi0_policy.model.rtc import ChunkPrior
 import torch
@@ -212,16 +212,9 @@ class Pi0Engine:
         Raises:
             ValueError: On inconsistent shapes, a bad num_steps, time grid or prior.
         """
-        model = self.model
-        grid = check_time_grid(num_steps, time_grid)
-        b = images.shape[0]
-        shape = (b, self.config.action_horizon, self.config.action_dim)
+        grid, noise = self.model.sampling_inputs(state, noise, num_steps, time_grid,
+                                                 generator=generator, prior=prior)
         with torch.no_grad():
-            if noise is None:
-                noise = torch.randn(shape, generator=generator, dtype=torch.float32,
-                                    device=images.device)
-            model._check_suffix(state, noise, b)
-            check_prior(prior, shape)
             cache = self.run_prefix(*self.embed_prefix(images, image_masks, tokens, token_masks))
             guided = (prior is not None and not self.config.delay_conditioned
                       and prior.max_weight > 0 and bool(prior.weights.any()))
@@ -236,7 +229,7 @@ class Pi0Engine:
                      time: torch.Tensor) -> torch.Tensor:
                 return self._step(ctx, x_t, self.time_embeddings(time))
 
-            return euler_sample(step, self.config, cache, state, noise.float(), grid, prior)
+            return euler_sample(step, self.config, cache, state, noise, grid, prior)
 
     def _layers(self, weights: StackWeights) -> tuple[LayerWeights, ...]:
         """Return the prepared layers or raise if the model's weights cannot be fused."""

@@ -380,18 +380,31 @@ class Pi0Model(nn.Module):
         Raises:
             ValueError: On inconsistent shapes, a bad num_steps or time grid.
         """
-        grid = check_time_grid(num_steps, time_grid)
-        b = images.shape[0]
-        shape = (b, self.config.action_horizon, self.config.action_dim)
+        grid, noise = self.sampling_inputs(state, noise, num_steps, time_grid,
+                                           generator=generator, prior=prior)
         with torch.no_grad():
-            if noise is None:
-                noise = torch.randn(shape, generator=generator, dtype=torch.float32,
-                                    device=images.device)
-            self._check_suffix(state, noise, b)
-            check_prior(prior, shape)
             cache = self.build_prefix_cache(images, image_masks, tokens, token_masks)
-            return euler_sample(self.denoise_step, self.config, cache, state, noise.float(),
-                                grid, prior)
+            return euler_sample(self.denoise_step, self.config, cache, state, noise, grid, prior)
+
+    def sampling_inputs(self, state: torch.Tensor, noise: torch.Tensor | None, num_steps: int,
+                        time_grid: Sequence[float] | None, *,
+                        generator: torch.Generator | None = None,
+                        prior: ChunkPrior | None = None) -> tuple[list[float], torch.Tensor]:
+        """
+        Check the sampling arguments; return the time grid and the float32 (B, H, A) noise.
+
+        Raises:
+            ValueError: On inconsistent shapes, a bad num_steps, time grid or prior.
+        """
+        grid = check_time_grid(num_steps, time_grid)
+        b = state.shape[0]
+        shape = (b, self.config.action_horizon, self.config.action_dim)
+        if noise is None:
+            noise = torch.randn(shape, generator=generator, dtype=torch.float32,
+                                device=state.device)
+        self._check_suffix(state, noise, b)
+        check_prior(prior, shape)
+        return grid, noise.float()
 
     def compute_loss(self, images: torch.Tensor, image_masks: torch.Tensor,
                      tokens: torch.Tensor, token_masks: torch.Tensor, state: torch.Tensor,

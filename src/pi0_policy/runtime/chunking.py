@@ -202,10 +202,14 @@ class AsyncExecutor(ChunkExecutor):
         if chunk is None or self._too_old(chunk, now):
             return True
         remaining = self._remaining_after(chunk, now)  # chunk actions
-        if remaining <= self._config.request_remaining:
+        if remaining <= self._request_remaining(chunk):
             return True
         threshold = self._latency.delay_ticks + self._config.latency_margin_ticks  # ticks
         return self._steps_to_ticks(remaining) <= threshold
+
+    def _request_remaining(self, chunk: AcceptedChunk) -> int:
+        """Return the actions left in ``chunk`` at which the next inference is requested."""
+        return self._config.request_remaining
 
 
 @register_strategy('ensemble')
@@ -286,18 +290,9 @@ class RtcExecutor(AsyncExecutor):
     """
 
     @override
-    def needs_inference(self, now: float) -> bool:
-        """Return True once ``execute_steps`` actions of the current chunk are done."""
-        if self._inbox:
-            return False
-        chunk = self._current
-        if chunk is None or self._too_old(chunk, now):
-            return True
-        remaining = self._remaining_after(chunk, now)  # chunk actions
-        if remaining <= chunk.length - self._config.execute_steps:
-            return True
-        threshold = self._latency.delay_ticks + self._config.latency_margin_ticks  # ticks
-        return self._steps_to_ticks(remaining) <= threshold
+    def _request_remaining(self, chunk: AcceptedChunk) -> int:
+        """Request the next inference once ``execute_steps`` actions of ``chunk`` are done."""
+        return chunk.length - self._config.execute_steps
 
     @override
     def request_extras(self, obs_time: float) -> dict[str, object]:
