@@ -51,6 +51,19 @@ import torch.distributed as dist
 
 _LOG = logging.getLogger(__name__)
 
+# Numeric flags of ``train``: TrainConfig field, type, help.
+FLAG_HELP = (
+    ('steps', int, 'optimiser steps'), ('batch_size', int, 'global batch (split over ranks)'),
+    ('warmup_steps', int, 'linear warmup steps'),
+    ('decay_steps', int, 'step at which the cosine reaches --decay-lr'),
+    ('save_every', int, 'steps between checkpoints'), ('log_every', int, 'steps between logs'),
+    ('keep', int, 'newest checkpoints kept (0: all)'), ('seed', int, 'seed of batches and noise'),
+    ('threads', int, 'torch CPU threads (0: one per core)'),
+    ('peak_lr', float, 'peak learning rate'), ('decay_lr', float, 'final learning rate'),
+    ('b1', float, 'AdamW beta1'), ('b2', float, 'AdamW beta2'), ('eps', float, 'AdamW eps'),
+    ('weight_decay', float, 'AdamW weight decay (matrices)'),
+    ('clip_norm', float, 'gradient clipping norm (0: off)'),
+    ('ema_decay', float, 'EMA decay of the saved weights (0: off)'))
 LOSS_CURVE_FILE = 'loss_curve.png'
 LOG_FILE = 'train_log.jsonl'
 
@@ -405,15 +418,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--action-mode', default=d.action_mode, choices=('robot', 'absolute'))
     parser.add_argument('--tokenizer', type=pathlib.Path,
                         help='SentencePiece .model for a new model (default: train one)')
-    for name in ('steps', 'batch_size', 'warmup_steps', 'decay_steps', 'save_every',
-                 'log_every', 'keep', 'seed', 'threads'):
-        parser.add_argument('--' + name.replace('_', '-'), type=int, default=getattr(d, name))
-    for name in ('peak_lr', 'decay_lr', 'b1', 'b2', 'eps', 'weight_decay', 'clip_norm',
-                 'ema_decay'):
-        parser.add_argument('--' + name.replace('_', '-'), type=float, default=getattr(d, name))
+    for name, kind, text in FLAG_HELP:
+        parser.add_argument('--' + name.replace('_', '-'), type=kind, default=getattr(d, name),
+                            help=f'{text} (default: %(default)s)')
     parser.add_argument('--rtc-max-delay', type=int, default=d.rtc_max_delay,
                         help='training-time RTC: up to this many leading actions given clean')
-    parser.add_argument('--device', default=d.device)
+    parser.add_argument('--device', default=d.device, help="torch device: 'cpu', 'cuda', 'cuda:N'")
     parser.add_argument('--no-bf16', action='store_true', help='float32 on CUDA too')
 
 
