@@ -19,6 +19,8 @@ import pytest
 from test_policy import (
     HORIZON, make_pipeline, MODEL_WIDTH, observation, ROBOT_CONFIG_DIR, TEST_STEPS,
     write_checkpoint)
+# The Session tests' 'parts' fixture (made visible here, requested by name) and Run helper.
+from test_session import parts, Run  # noqa: F401, I100
 
 DROID_ROBOT = 'franka_droid'
 DROID_RATE_HZ = 15.0
@@ -259,3 +261,21 @@ def test_converted_checkpoint_finds_assets_in_the_parent_folder(tmp_path):
     target = converted / 'assets' / 'trossen' / 'norm_stats.json'
     assert ('copy assets/trossen/norm_stats.json of the openpi checkpoint (the folder that holds '
             f"params/) or training run to '{target}'" in str(info.value))
+
+
+def test_a_run_without_instruction_holds_with_the_reason(tmp_path, request):
+    # A trained checkpoint without a default prompt, and a run without an instruction.
+    root = tmp_path / 'ckpt'
+    write_checkpoint(root, embodiment_adapters.load_adapter('mock'))
+    policy = pol.Pi0Policy.from_checkpoint(root, 'mock', num_steps=TEST_STEPS)
+    run = Run(request.getfixturevalue('parts'), policy)
+    run.session.instruction = ''
+    run.feed()
+    run.session.tick()  # waits for the first chunk, asks for an inference
+    with pytest.raises(pl.MissingInstructionError) as info:
+        run.session.infer_once()
+    run.session.inference_failed(info.value)
+    run.step()
+    assert run.status.state.name in ('WAITING', 'HOLDING')  # held, not running, not crashed
+    assert 'No instruction: the prompt is' in run.status.detail
+    assert not run.chunks  # nothing was inferred from an empty prompt
