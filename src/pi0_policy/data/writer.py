@@ -12,6 +12,7 @@ middle of an episode loses that episode and nothing else.
 from __future__ import annotations
 
 from collections.abc import Mapping
+import contextlib
 import dataclasses
 import logging
 import pathlib
@@ -312,6 +313,8 @@ class EpisodeWriter:
     def _cleanup(self) -> None:
         """Remove the staging folder and release the writer."""
         shutil.rmtree(self._staging, ignore_errors=True)
+        with contextlib.suppress(OSError):  # not empty: another writer's leftovers
+            self._staging.parent.rmdir()  # leave no empty staging folder in the dataset
         self._samples = {}
         self._dataset._close(self)
 
