@@ -48,6 +48,7 @@ import rclpy
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, Header, Int32
@@ -75,7 +76,9 @@ MAX_CATCH_UP_PERIODS = 5
 LOCKSTEP_TIMEOUT = 1.0
 # Wall seconds destroy_node waits for each of: the stepping thread, a running tick, freeing the
 # scene. Beyond that it gives up on that part (logged), so that shutdown stays bounded.
-SHUTDOWN_TIMEOUT = 2.0
+SHUTDOWN_TIMEOUT = 1.0
+# Longest wait of one spin step of main(): how soon a signal is noticed (seconds).
+SPIN_PERIOD = 0.1
 # Tolerance when comparing simulated durations with whole periods (fraction of a period).
 PERIOD_TOLERANCE = 1e-6
 NANOSECONDS = 1_000_000_000
@@ -581,24 +584,37 @@ class AlohaSimNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    """Run the sim node until Ctrl-C; the shutdown takes a few seconds at most."""
-    rclpy.init(args=args)
+    """Run the sim node until Ctrl-C / SIGTERM; the shutdown takes a few seconds at most."""
+    # Own signal handling: the first SIGINT/SIGTERM stops spinning; more of them (launch and a
+    # terminal each send one, people press Ctrl-C again) must not cut the bounded clean-up short.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     exit_with_parent_if_asked(args)  # launch files pass --exit-with-parent: never an orphan
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
     node = None
     clean = True
     try:
         node = AlohaSimNode()
-        rclpy.spin(node)
+        while rclpy.ok() and not stopping.is_set():
+            rclpy.spin_once(node, timeout_sec=SPIN_PERIOD)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        # More Ctrl-C's (launch forwards each one) must not cut the bounded clean-up short.
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stopping.set()
         if node is not None:
             node.destroy_node()
             clean = node.stopped_cleanly
         rclpy.try_shutdown()
+        # Stopped: later signals (rclpy's shutdown may restore the default action) are moot.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
     if not clean:
         # A hung render thread would keep the interpreter from exiting: leave now.
         sys.stdout.flush()
