@@ -414,7 +414,7 @@ def test_lifecycle_transitions_and_the_enable_switch(make_harness):
     assert harness.node.trigger_deactivate() == SUCCESS and harness.state() == 'inactive'
     # The loop is stopped and the command publishers are off: nothing can be sent any more.
     assert harness.node._control_timer is None
-    assert not any(p.is_activated for p in harness.node._command_pubs)
+    assert not any(p.is_activated for p in harness.node._outputs.command_publishers)
     time.sleep(0.3)  # the final hold command sent on deactivation may still be in flight
     stopped = time.monotonic()
     time.sleep(0.3)
@@ -525,7 +525,8 @@ def test_a_failure_after_loading_the_model_releases_it(make_harness, capfd):
     publishers = len(list(harness.node.publishers))
     assert harness.node.trigger_configure() == FAILURE and harness.state() == 'unconfigured'
     assert f'execute_steps={horizon + 1} exceeds' in capfd.readouterr().err
-    assert harness.node._policy is None and harness.node._entities == []
+    assert harness.node._policy is None and harness.node._outputs is None
+    assert not harness.node._input_subs
     assert len(list(harness.node.publishers)) == publishers
     assert not harness.node._managed_entities
     harness.node.set_parameters([Parameter('execute_steps', value=horizon // 2)])

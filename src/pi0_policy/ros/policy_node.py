@@ -28,51 +28,45 @@ down within its acceleration limits, then a zero base velocity. ``main`` install
 handlers, so this happens before the ROS context goes away.
 """
 
-from dataclasses import replace
 import sys
 import threading
 import time
 import traceback
 
 from diagnostic_msgs.msg import DiagnosticArray
-from embodiment_adapters import load_robot_config, make_adapter, unified
+from embodiment_adapters import load_robot_config, make_adapter
 import numpy as np
-from pi0_msgs.msg import ActionChunk, PolicyStatus
+from pi0_msgs.msg import PolicyStatus
 from pi0_msgs.srv import SetInstruction
-from pi0_policy.ros import conversions, diagnostics, lifecycle, params, visualization
+from pi0_policy.ros import conversions, diagnostics, lifecycle, params
 from pi0_policy.ros.commands import CommandRouter
 from pi0_policy.ros.control_loop import ControlLoop
 from pi0_policy.ros.observation import (
     check_message, check_topics, decode_image, MESSAGE_TYPES)
+from pi0_policy.ros.outputs import NodeOutputs
 from pi0_policy.ros.process import exit_with_parent_if_asked
 from pi0_policy.ros.worker import InferenceWorker
-from pi0_policy.runtime.chunking import make_executor
 from pi0_policy.runtime.config import NodeConfig
-from pi0_policy.runtime.inputs import (
-    CLOCK_SKEW_WARN_S, input_specs, InputError, InputSpec, ObservationBuffer, required_names)
-from pi0_policy.runtime.safety import SafetyFilter
-from pi0_policy.runtime.session import safety_config, Session
+from pi0_policy.runtime.inputs import CLOCK_SKEW_WARN_S, input_specs, InputError, InputSpec
+from pi0_policy.runtime.session import build_session, Session
 from pi0_policy.runtime.status import NodeState, StatusReporter, StatusSnapshot
 from pi0_policy.serving.backends import load_backend
 from pi0_policy.serving.client import PolicyBackend
 from rcl_interfaces.msg import SetParametersResult
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import NameValidationException
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
-from rclpy.lifecycle import (
-    LifecycleNode, LifecyclePublisher, LifecycleState, TransitionCallbackReturn)
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.logging import get_logger
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.signals import SignalHandlerOptions
 from rclpy.subscription import Subscription
-from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 import torch
-from visualization_msgs.msg import MarkerArray
 
 NODE_NAME = 'pi0_policy_node'
 DEPTH = 10  # queue depth of reliable topics
@@ -86,14 +80,10 @@ NANOSECONDS = 1_000_000_000
 CONFIGURE_ERRORS = (ValueError, TypeError, OSError, RuntimeError, NameValidationException)
 # Longest base ramp-down sent at shutdown before the final zero velocity (seconds).
 STOP_RAMP_MAX_S = 2.0
-# Configure's subscriptions and publishers get no QoS-event handlers: rclpy adds those to the
-# executor as waitables, and destroying them at cleanup while the executor runs raises
-# InvalidHandle inside the executor (an rclpy race).
+# Configure's subscriptions get no QoS-event handlers: rclpy adds those to the executor as
+# waitables, and destroying them at cleanup while the executor runs raises InvalidHandle inside
+# the executor (an rclpy race; NodeOutputs does the same for its publishers).
 _NO_SUB_EVENTS = SubscriptionEventCallbacks(use_default_callbacks=False)
-_NO_PUB_EVENTS = PublisherEventCallbacks(use_default_callbacks=False)
-# How configure's entities are destroyed.
-_DESTROY = ((LifecyclePublisher, 'destroy_lifecycle_publisher'),
-            (Subscription, 'destroy_subscription'))
 
 
 class PolicyNode(LifecycleNode):
@@ -107,16 +97,11 @@ class PolicyNode(LifecycleNode):
         # Created by configure, released by cleanup.
         self._config: NodeConfig | None = None
         self._policy: PolicyBackend | None = None
-        self._router: CommandRouter | None = None
         self._inputs: tuple[InputSpec, ...] = ()
-        self._ghosts: tuple[visualization.GhostGroup, ...] = ()
         self._ctl: Session | None = None
         self._status: StatusReporter | None = None
-        self._command_pubs: list[LifecyclePublisher] = []
-        self._ghost_pubs: list[LifecyclePublisher] = []
-        self._chunk_pub: LifecyclePublisher | None = None
-        self._marker_pub: LifecyclePublisher | None = None
-        self._entities: list = []  # subscriptions and lifecycle publishers of configure
+        self._outputs: NodeOutputs | None = None  # commands, chunks, preview
+        self._input_subs: list[Subscription] = []  # the robot's inputs
         # Created by activate, stopped by deactivate.
         self._worker: InferenceWorker | None = None
         self._control_timer: ControlLoop | None = None
@@ -176,7 +161,7 @@ class PolicyNode(LifecycleNode):
                 return  # read at the next configure
             config = params.read_node_config(self)
             note = self._ctl.apply_config(config, self._config)
-            self._router.frame_id = config.base_frame_id
+            self._outputs.router.frame_id = config.base_frame_id
             # Only live fields can differ: the others are refused while configured.
             self._config = config
         if note:
@@ -220,48 +205,19 @@ class PolicyNode(LifecycleNode):
         self._policy = load_backend(cfg.policy, adapter, robot=cfg.robot,
                                     on_disconnect=self._on_policy_lost)
         self._policy.warmup()
-        # Ticks run at the node's control rate; the chunk's actions are spaced at the rate of the
-        # robot's data (its config), which the executor interpolates.
-        execution = replace(cfg.execution, horizon=self._policy.action_horizon,
-                            chunk_rate_hz=adapter.config.control_rate_hz)
-        executor = make_executor(execution)
-        safety = SafetyFilter(safety_config(adapter, cfg.velocity_scale, execution.dt))
-        buffer = ObservationBuffer([s.name for s in inputs], cfg.max_age,
-                                   required_names(adapter, inputs))
-        status = StatusReporter(adapter.name, executor, buffer, safety, max_age=cfg.max_age,
-                                latency_window=cfg.reporting.latency_window)
-        session = Session(
-            adapter, inputs, buffer, self._policy, executor, safety, status,
-            max_age=cfg.max_age, instruction=cfg.prompt, enabled=cfg.enabled_at_start,
-            clock=self._now, decode=self._decode, publish=self._publish,
-            publish_chunk=self._publish_chunk, on_state_change=self._publish_status,
-            inference_delay_s=cfg.policy.inference_delay_s)
+        session = build_session(
+            cfg, adapter, inputs, self._policy, clock=self._now, decode=self._decode,
+            publish=self._publish, publish_chunk=self._publish_chunk,
+            on_state_change=self._publish_status)
         with self._io_lock:
-            self._config, self._router, self._inputs = cfg, router, inputs
-            self._ghosts = visualization.ghost_groups(adapter)
-            self._create_io()
-            self._status, self._ctl = status, session  # I/O callbacks serve from here on
-
-    def _create_io(self) -> None:
-        """Create the input subscriptions and the lifecycle publishers of the commands."""
-        keep = self._entities.append
-        for spec in self._inputs:
-            keep(self.create_subscription(
+            self._config, self._inputs = cfg, inputs
+            self._outputs = NodeOutputs(self, adapter, router, cfg.execution.dt)
+            self._input_subs = [self.create_subscription(
                 MESSAGE_TYPES[spec.kind], spec.topic,
                 lambda msg, spec=spec: self._on_input(spec, msg), qos_profile_sensor_data,
-                callback_group=self._io_group, event_callbacks=_NO_SUB_EVENTS))
-        publisher = self._publisher
-        self._command_pubs = [publisher(t, s.topic)
-                              for t, s in zip(self._router.message_types, self._router.specs)]
-        self._chunk_pub = publisher(ActionChunk, '~/action_chunk')
-        self._ghost_pubs = [publisher(JointState, g.topic) for g in self._ghosts]
-        self._marker_pub = publisher(MarkerArray, '~/preview/markers')
-        self._entities += [*self._command_pubs, self._chunk_pub, *self._ghost_pubs,
-                           self._marker_pub]
-
-    def _publisher(self, msg_type: type, topic: str) -> LifecyclePublisher:
-        return self.create_lifecycle_publisher(msg_type, topic, DEPTH,
-                                               event_callbacks=_NO_PUB_EVENTS)
+                callback_group=self._io_group, event_callbacks=_NO_SUB_EVENTS)
+                for spec in inputs]
+            self._status, self._ctl = session.status, session  # I/O callbacks serve from here
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Enable the publishers, then start the inference thread and the control loop."""
@@ -347,11 +303,12 @@ class PolicyNode(LifecycleNode):
         """Destroy configure's entities (no I/O callback runs meanwhile) and close the policy."""
         with self._io_lock:
             self._ctl = self._status = None  # I/O callbacks serve no more
-            for entity in reversed(self._entities):
-                method = next(name for kind, name in _DESTROY if isinstance(entity, kind))
-                getattr(self, method)(entity)
-            self._entities, self._command_pubs, self._ghost_pubs = [], [], []
-            self._chunk_pub = self._marker_pub = None
+            for subscription in self._input_subs:
+                self.destroy_subscription(subscription)
+            self._input_subs = []
+            if self._outputs is not None:
+                self._outputs.destroy()
+                self._outputs = None
         if self._policy is not None:
             self._policy.close()
             self._policy = None
@@ -449,23 +406,10 @@ class PolicyNode(LifecycleNode):
             self._report_error(ctl.inference_failed(ConnectionError(reason)))
 
     def _publish_chunk(self, result, obs_time: float, instruction: str, sequence: int) -> None:
-        if not self.context.ok():  # shutting down: the chunk is no longer delivered
-            return
-        a, dt = self._ctl.adapter, self._ctl.executor.config.dt
-        stamp = conversions.to_time(obs_time)
-        self._chunk_pub.publish(conversions.action_chunk(
-            stamp=stamp, embodiment=a.name, sequence=sequence, instruction=instruction,
-            control_period=dt, joint_names=a.action_names, actions=result.actions,
-            unified_names=unified.UNIFIED_NAMES,
-            unified_actions=result.unified_actions,
-            inference_latency=self._now() - obs_time))  # observation -> chunk, as documented
-        if self._config.reporting.preview:
-            ghosts, markers = visualization.chunk_preview(
-                a, self._ghosts, result.actions, control_period=dt, stamp=stamp,
-                frame_id=self._config.reporting.preview_frame)
-            for publisher, ghost in zip(self._ghost_pubs, ghosts):
-                publisher.publish(ghost)
-            self._marker_pub.publish(markers)
+        if self.context.ok():  # shutting down: the chunk is no longer delivered
+            self._outputs.chunk(result, obs_time=obs_time, now=self._now(),
+                                instruction=instruction, sequence=sequence,
+                                reporting=self._config.reporting)
 
     def _on_control_tick(self) -> None:
         """Run one control tick unless control was stopped while this callback waited."""
@@ -482,10 +426,7 @@ class PolicyNode(LifecycleNode):
     def _publish(self, command) -> None:
         if not self.context.ok():  # a tick that raced with Ctrl-C: nothing can be delivered
             return
-        stamp = self.get_clock().now().to_msg()
-        for publisher, msg in zip(self._command_pubs, self._router.messages(command, stamp)):
-            if msg is not None:
-                publisher.publish(msg)
+        self._outputs.command(command, self.get_clock().now().to_msg())
 
     def _snapshot(self) -> StatusSnapshot:
         # No lock: the reporting publishers live as long as the node, and the status may be

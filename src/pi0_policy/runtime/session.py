@@ -17,11 +17,12 @@ import time
 
 from embodiment_adapters import EmbodimentAdapter
 import numpy as np
+from pi0_policy.runtime.chunking import make_executor
 from pi0_policy.runtime.config import ExecutionConfig, NodeConfig
 from pi0_policy.runtime.executor_base import ChunkExecutor
 from pi0_policy.runtime.inputs import (
     assemble_observation, ImageDecoder, InputError, InputSpec, measured_command,
-    ObservationBuffer)
+    ObservationBuffer, required_names)
 from pi0_policy.runtime.policy import Pi0Policy, PolicyResult, TIME_TOTAL
 from pi0_policy.runtime.safety import HoldReason, SafetyConfig, SafetyFilter
 from pi0_policy.runtime.start_pose import plan_start_move, StartMover
@@ -447,3 +448,34 @@ class Session:
             self.fault = f'inference failed: {error}' + (needs if self.fatal else '')
             self._drop_plan()
             return self.fault
+
+
+def build_session(config: NodeConfig, adapter: EmbodimentAdapter, inputs: tuple[InputSpec, ...],
+                  policy: Pi0Policy, *, clock: Callable[[], float], decode: ImageDecoder,
+                  publish: Callable[[np.ndarray | None], None],
+                  publish_chunk: Callable[[PolicyResult, float, str, int], None],
+                  on_state_change: Callable[[], None]) -> Session:
+    """
+    Assemble a Session from a frozen config: executor, safety filter, input buffer, status.
+
+    The control ticks run at the config's control rate; the chunk's actions are spaced at the
+    rate of the robot's data (its config), which the executor interpolates. The other arguments
+    are those of ``Session``.
+
+    Raises:
+        ValueError: The execution settings do not fit the policy (e.g. execute_steps > horizon).
+
+    """
+    execution = replace(config.execution, horizon=policy.action_horizon,
+                        chunk_rate_hz=adapter.config.control_rate_hz)
+    executor = make_executor(execution)
+    safety = SafetyFilter(safety_config(adapter, config.velocity_scale, execution.dt))
+    buffer = ObservationBuffer([s.name for s in inputs], config.max_age,
+                               required_names(adapter, inputs))
+    status = StatusReporter(adapter.name, executor, buffer, safety, max_age=config.max_age,
+                            latency_window=config.reporting.latency_window)
+    return Session(adapter, inputs, buffer, policy, executor, safety, status,
+                   max_age=config.max_age, instruction=config.prompt,
+                   enabled=config.enabled_at_start, clock=clock, decode=decode, publish=publish,
+                   publish_chunk=publish_chunk, on_state_change=on_state_change,
+                   inference_delay_s=config.policy.inference_delay_s)
