@@ -2,8 +2,12 @@
 
 from pi0_policy.runtime import chunking
 from pi0_policy.runtime.chunking import ExecutionConfig, make_executor
+from pi0_policy.runtime.inputs import input_specs, ObservationBuffer, required_names
 from pi0_policy.runtime.policy import Pi0Policy
+from pi0_policy.runtime.safety import SafetyConfig, SafetyFilter
+from pi0_policy.runtime.status import StatusReporter
 import pytest
+from test_session import MAX_AGE, Run
 import torch
 
 torch.set_num_threads(1)
@@ -59,3 +63,27 @@ def test_bad_leftover_is_rejected_with_the_expected_shape(policy):
     with pytest.raises(ValueError, match="'rtc_delay'] must be a non-negative"):
         policy.infer({**observation, chunking.RTC_LEFTOVER_KEY: leftover,
                       chunking.RTC_DELAY_KEY: -1})
+
+
+def test_session_hands_the_leftover_to_the_policy(policy):
+    """A Session with the rtc executor sends the leftover; the second chunk comes back guided."""
+    adapter = policy.adapter
+    inputs = input_specs(adapter, '/odom')
+    buffer = ObservationBuffer([s.name for s in inputs], MAX_AGE, required_names(adapter, inputs))
+    executor = make_executor(ExecutionConfig(strategy='rtc', execute_steps=10,
+                                             horizon=policy.action_horizon, latency_skip_first=0))
+    safety = SafetyFilter(SafetyConfig(
+        lower=adapter.lower, upper=adapter.upper, is_velocity=adapter.is_velocity,
+        max_velocity=adapter.max_velocity, dt=executor.config.dt, names=adapter.action_names))
+    status = StatusReporter(adapter.name, executor, buffer, safety, max_age=MAX_AGE,
+                            latency_window=4)
+    run = Run((adapter, inputs, buffer, executor, safety, status), policy)
+    run.feed()
+    run.session.tick()
+    run.session.infer_once()
+    assert run.chunks[-1][0].rtc_delay is None  # nothing to continue yet
+    for _ in range(12):
+        run.step()
+    assert executor.needs_inference(run.now)
+    run.session.infer_once()
+    assert run.session.sequence == 2 and run.chunks[-1][0].rtc_delay is not None
