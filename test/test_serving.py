@@ -180,6 +180,21 @@ def test_openpi_client_gets_the_in_process_actions(server, aloha_policy):
     assert 'prev_total_ms' in response['server_timing']
 
 
+def test_openpi_client_droid_dict_gets_the_in_process_actions():
+    """The DROID dict (HWC images, joint/gripper split) of openpi's DROID client."""
+    policy = Pi0Policy.from_checkpoint(None, 'franka_droid')
+    thread = ServerThread(PolicyServer(policy, serving_for('franka_droid'), ServerConfig(port=0)))
+    try:
+        client = WebsocketClientPolicy(thread.url)
+        assert client.get_server_metadata()['openpi_format'] == 'droid'
+        obs = observation(policy, 7)
+        request = thread.server.mapping.to_request(obs)
+        assert request['observation/joint_position'].shape == (7,)
+        assert np.array_equal(client.infer(request)['actions'], policy.infer(obs).actions)
+    finally:
+        thread.stop()
+
+
 def test_healthz_and_the_api_key(aloha_policy):
     thread = ServerThread(PolicyServer(aloha_policy, serving_for('aloha'),
                                        ServerConfig(port=0, api_key=API_KEY)))

@@ -313,6 +313,13 @@ class RemotePolicy:
                 f'{self.adapter.dof}; start the server with --robot {self.adapter.name}.')
         if isinstance(horizon, int) and horizon > 0:
             self._horizon = horizon
+        if 'robot' not in self.metadata:
+            # openpi's serve_policy.py: its robot transforms decide the units of state/actions.
+            _LOG.warning(
+                'Policy server %s is not a pi0_policy server (metadata %s). The state is sent '
+                "and the actions are taken in robot %r's units and order; check that the "
+                "server's policy config uses the same conventions (README: openpi's server).",
+                self.url, sorted(self.metadata), self.adapter.name)
 
     # ----- the client's loop (runs in its thread) -------------------------------------------
     def _call(self, coroutine, timeout: float) -> Any:

@@ -101,6 +101,7 @@ FORMATS: Mapping[str, OpenpiFormat] = MappingProxyType({f.name: f for f in (ALOH
 ROBOT_FORMATS: Mapping[str, RobotServing] = MappingProxyType({
     'aloha': RobotServing('aloha'),
     'franka': RobotServing('droid'),
+    'franka_droid': RobotServing('droid'),
 })
 DEFAULT_SERVING = RobotServing('aloha')
 
