@@ -99,6 +99,11 @@ class SubprocessPolicy:
         return None if self._child is None else self._child.pid
 
     @property
+    def api_key(self) -> str:
+        """Return the random key the child requires (for extra clients, e.g. benchmarks)."""
+        return self._api_key
+
+    @property
     def remote(self) -> RemotePolicy:
         """Return the client connected to the child."""
         return self._remote

@@ -16,8 +16,8 @@ from pi0_policy.runtime.pipeline import ACTION_MODE_ROBOT, ACTION_MODES
 from pi0_policy.runtime.policy import DEFAULT_NUM_STEPS, DTYPES, Pi0Policy
 from pi0_policy.serving.formats import FORMATS, serving_for
 from pi0_policy.serving.server import (
-    DEFAULT_HOST, DEFAULT_MAX_BATCH, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_PORT, PolicyServer, run,
-    ServerConfig)
+    DEFAULT_BATCH_WINDOW_MS, DEFAULT_HOST, DEFAULT_MAX_BATCH, DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_PORT, PolicyServer, run, ServerConfig)
 import torch
 
 # Environment variable read when --api-key is not given (keeps the key out of `ps`).
@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--max-batch', type=int, default=DEFAULT_MAX_BATCH,
                         help='most queued requests run in one model call')
     parser.add_argument('--max-request-bytes', type=int, default=DEFAULT_MAX_REQUEST_BYTES)
+    parser.add_argument('--batch-window-ms', type=float, default=DEFAULT_BATCH_WINDOW_MS,
+                        help='longest wait for the other clients\' requests before a partial '
+                             'batch runs (only while several clients are connected)')
     parser.add_argument('--torch-threads', type=int, default=None, help='torch intra-op threads')
 
 
@@ -62,7 +65,8 @@ def main_from_args(args: argparse.Namespace) -> int:
     try:
         config = ServerConfig(host=args.host, port=args.port,
                               api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
-                              max_batch=args.max_batch, max_request_bytes=args.max_request_bytes)
+                              max_batch=args.max_batch, max_request_bytes=args.max_request_bytes,
+                              batch_window_ms=args.batch_window_ms)
         policy = Pi0Policy.from_checkpoint(
             args.checkpoint, args.robot, device=args.device, dtype=args.dtype,
             num_steps=args.num_steps, asset_id=args.asset_id, tokenizer_path=args.tokenizer,

@@ -45,6 +45,10 @@ DEFAULT_HOST = '127.0.0.1'
 DEFAULT_PORT = 8000
 DEFAULT_MAX_BATCH = 8
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024  # 3 cameras at 480x640 are about 2.8 MB
+# Milliseconds the batcher waits for the other connected clients' requests before it runs a
+# partial batch: clients answered together send again a few ms apart, and without the wait two
+# back-to-back clients would alternate forever (each alone in the model).
+DEFAULT_BATCH_WINDOW_MS = 3.0
 # The websocket layer drops (close 1009, no error frame) frames over this multiple of
 # max_request_bytes; frames between the two get the protocol's error frame.
 TRANSPORT_LIMIT_FACTOR = 4
@@ -77,6 +81,8 @@ class ServerConfig:
     max_batch: int = DEFAULT_MAX_BATCH
     # Larger request frames are answered with an error frame.
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    # Longest wait (ms) for more requests while fewer are queued than clients are connected.
+    batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS
 
     def __post_init__(self) -> None:
         """Check the bounds."""
@@ -86,6 +92,8 @@ class ServerConfig:
             raise ValueError(f'max_batch {self.max_batch} must be at least 1.')
         if self.max_request_bytes < 1:
             raise ValueError(f'max_request_bytes {self.max_request_bytes} must be positive.')
+        if not self.batch_window_ms >= 0.0:
+            raise ValueError(f'batch_window_ms {self.batch_window_ms} must be >= 0.')
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError('api_key is empty; pass a non-empty key or none.')
 
@@ -166,6 +174,8 @@ class PolicyServer:
         self.requests = 0
         self.errors = 0
         self.batches = 0
+        # Open connections (the batch window waits only for requests that can still come).
+        self.connections = 0
         # The port actually bound (config.port may be 0).
         self.port: int | None = None
 
@@ -190,6 +200,7 @@ class PolicyServer:
         peer = ws.remote_address
         _LOG.info('Client %s connected.', peer)
         prev_total_ms: float | None = None
+        self.connections += 1
         try:
             await ws.send(self._metadata_frame)
             async for message in ws:
@@ -220,6 +231,7 @@ class PolicyServer:
         except ConnectionClosed:
             pass
         finally:
+            self.connections -= 1
             _LOG.info('Client %s disconnected.', peer)
 
     def _decode(self, message: bytes | str) -> Any:
@@ -251,6 +263,7 @@ class PolicyServer:
             items = [await self._queue.get()]
             while len(items) < self.config.max_batch and not self._queue.empty():
                 items.append(self._queue.get_nowait())
+            await self._wait_for_more(items)
             items = [i for i in items if not i.future.cancelled()]
             if not items:
                 continue
@@ -266,6 +279,19 @@ class PolicyServer:
             for item, outcome in zip(items, outcomes):
                 if not item.future.done():
                     item.future.set_result((outcome, len(items), batch_ms))
+
+    async def _wait_for_more(self, items: list[_Pending]) -> None:
+        """Add requests arriving within the batch window while other clients may still send."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.batch_window_ms / MS_PER_S
+        while len(items) < min(self.config.max_batch, self.connections):
+            remaining = deadline - loop.time()
+            if remaining <= 0.0:
+                return
+            try:
+                items.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                return
 
     def _infer(self, observations: Sequence[Any]) -> list[PolicyResult | Exception]:
         """Infer a batch (inference thread); a bad observation fails only its own request."""
