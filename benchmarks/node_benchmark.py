@@ -13,7 +13,6 @@ with openpi's ``resize_with_pad`` sets. Run: ``python benchmarks/node_benchmark.
 import argparse
 import pathlib
 import sys
-import threading
 import time
 
 import numpy as np
@@ -21,15 +20,11 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'src'))
 
-import rclpy  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
+from tick_probe import run_ticks  # noqa: E402, I100
 import torch  # noqa: E402
 
 from embodiment_adapters import load_robot_config, make_adapter  # noqa: E402, I100
 from pi0_policy.ros import conversions  # noqa: E402
-from pi0_policy.ros.policy_node import GIL_SWITCH_INTERVAL, PolicyNode  # noqa: E402
-from pi0_policy.ros.sim.synthetic_robot import SyntheticRobot  # noqa: E402
 from pi0_policy.runtime import transforms  # noqa: E402
 from pi0_policy.runtime.policy import Pi0Policy  # noqa: E402
 
@@ -46,41 +41,12 @@ MS = 1000.0
 
 def tick_jitter(robot: str, seconds: float, strategy: str) -> None:
     """Run the node under back-to-back inference and print the tick period distribution."""
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
-    rclpy.init()
-    node = PolicyNode(parameter_overrides=[Parameter('robot', value=robot),
-                                           Parameter('strategy', value=strategy)])
-    bot = SyntheticRobot(make_adapter(load_robot_config(robot)), image_hw=IMAGE_HW)
-    ticks: list[float] = []
-    tick = node._on_control_tick
-
-    def timed_tick() -> None:
-        ticks.append(time.perf_counter())
-        tick()
-    node._on_control_tick = timed_tick  # record the start of every control callback
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    executor.add_node(bot)
-    spinner = threading.Thread(target=executor.spin)
-    spinner.start()
-    try:
-        node.trigger_configure()
-        node.trigger_activate()
-        time.sleep(seconds)
-        chunks, latency = node._sequence, node._latency.percentile(50)
-    finally:
-        node.close()
-        executor.shutdown()
-        spinner.join()
-        node.destroy_node()
-        bot.destroy_node()
-        rclpy.try_shutdown()
+    run = run_ticks(robot, seconds, IMAGE_HW, strategy=strategy)
     period = 1.0 / 50.0
-    intervals = np.diff(ticks[1:])  # (N,) seconds; the first tick is dropped (start-up)
-    expected = (ticks[-1] - ticks[1]) / period
+    intervals, expected = run.intervals, run.expected
     missed = expected - intervals.size
-    print(f'control ticks ({robot}, {strategy}, {seconds:.0f} s, {chunks} chunks, '
-          f'inference p50 {latency * MS:.1f} ms, torch threads {torch.get_num_threads()}):')
+    print(f'control ticks ({robot}, {strategy}, {seconds:.0f} s, {run.chunks} chunks, '
+          f'inference p50 {run.latency * MS:.1f} ms, torch threads {torch.get_num_threads()}):')
     print(f'  period p50 {np.percentile(intervals, 50) * MS:.2f} ms, '
           f'p99 {np.percentile(intervals, 99) * MS:.2f} ms (target <= {PERIOD_TARGET_P99_MS}), '
           f'max {intervals.max() * MS:.2f} ms')

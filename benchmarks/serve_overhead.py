@@ -20,7 +20,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'src'))
 
-from embodiment_adapters import load_adapter  # noqa: E402
+from embodiment_adapters import load_adapter  # noqa: E402, I100
 from openpi_client.websocket_client_policy import WebsocketClientPolicy  # noqa: E402
 from pi0_policy.runtime.policy import Pi0Policy  # noqa: E402
 from pi0_policy.serving import codec  # noqa: E402

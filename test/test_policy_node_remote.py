@@ -5,7 +5,6 @@ The server (``PolicyServer`` with the tiny random π0) runs in this process on a
 or as the node's child process; the node drives the synthetic robot through it.
 """
 
-from collections.abc import Callable, Iterator
 import time
 
 from diagnostic_msgs.msg import DiagnosticStatus
@@ -15,27 +14,12 @@ from pi0_policy.runtime.policy import Pi0Policy
 from pi0_policy.serving.formats import serving_for
 from pi0_policy.serving.server import PolicyServer, ServerConfig, ServerThread
 import pytest
-import rclpy
-from test_policy_node import FAILURE, Harness, RATE_HZ, wait_for
+import test_policy_node
+from test_policy_node import FAILURE, RATE_HZ, wait_for
 
 API_KEY = 'node-test-key'
-
-
-@pytest.fixture
-def make_harness(tmp_path) -> Iterator[Callable[..., Harness]]:
-    """Build harnesses (node + synthetic robot, as in test_policy_node); close them after."""
-    rclpy.init()
-    harnesses: list[Harness] = []
-
-    def make(robot_config: str = 'mock', **overrides) -> Harness:
-        harnesses.append(Harness(robot_config, tmp_path, **overrides))
-        return harnesses[-1]
-    try:
-        yield make
-    finally:
-        for harness in harnesses:
-            harness.close()
-        rclpy.try_shutdown()
+# The node + synthetic robot harness fixture of the in-process node tests.
+make_harness = test_policy_node.make_harness
 
 
 def start_server(port: int = 0, api_key: str | None = None) -> ServerThread:

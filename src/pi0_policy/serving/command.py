@@ -51,8 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='most queued requests run in one model call')
     parser.add_argument('--max-request-bytes', type=int, default=DEFAULT_MAX_REQUEST_BYTES)
     parser.add_argument('--batch-window-ms', type=float, default=DEFAULT_BATCH_WINDOW_MS,
-                        help='longest wait for the other clients\' requests before a partial '
-                             'batch runs (only while several clients are connected)')
+                        help='longest wait for the requests of the other clients before a '
+                             'partial batch runs (only while several clients are connected)')
     parser.add_argument('--torch-threads', type=int, default=None, help='torch intra-op threads')
 
 
