@@ -1,6 +1,7 @@
 """Unit tests of the run's status bookkeeping (StatusReporter) and tick logic (Session), no ROS."""
 
 import threading
+import time
 
 from embodiment_adapters import load_robot_config, make_adapter
 from embodiment_adapters.config import find_robot_config
@@ -296,9 +297,12 @@ def test_reenabling_never_executes_a_chunk_planned_before_the_disable(parts, pol
         while not stop.is_set():
             run.session.set_enabled(False)
             run.session.set_enabled(True)
+    epoch = run.session.epoch
     thread = threading.Thread(target=toggle)
     thread.start()
     try:
+        while run.session.epoch == epoch:  # the chunk above was planned before a disable
+            time.sleep(0.001)
         for _ in range(200):
             run.step()
             assert run.status.state != NodeState.RUNNING
