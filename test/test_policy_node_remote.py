@@ -106,3 +106,18 @@ def test_subprocess_node_runs_the_model_in_a_child(make_harness):
     chunk = harness.chunks[-1].message
     assert chunk.horizon == 50 and chunk.dof == harness.adapter.dof
     assert np.isfinite(np.asarray(chunk.actions)).all()
+
+
+def test_a_slow_server_shows_as_holds_between_chunks_with_the_reason(make_harness):
+    """Chunks that run out before the next arrives: holds whose detail names the latency."""
+    server = start_server()
+    try:
+        harness = make_harness('mock', policy_backend='remote', policy_url=server.url,
+                               strategy='sync', execute_steps=2)
+        harness.start()
+        hold = wait_for(lambda: next((s for s in harness.statuses
+                                      if 'the last inference took' in s.message.detail), None))
+        assert hold.message.state == PolicyStatus.STATE_HOLDING
+        assert 'waiting for the next chunk' in hold.message.detail
+    finally:
+        server.stop()
