@@ -568,10 +568,14 @@ def test_limits_hold_for_every_command_of_a_running_robot(make_harness):
     assert np.isfinite(actions).all()
 
 
-@pytest.mark.parametrize('stop_signal', [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_stops_the_robot_then_the_process(tmp_path, stop_signal):
+@pytest.mark.parametrize('stop_signals', [
+    (signal.SIGINT,), (signal.SIGTERM,),
+    # A terminal's Ctrl-C under ros2 launch: the process group's SIGINT and launch's forwarded one.
+    (signal.SIGINT, signal.SIGINT)], ids=['SIGINT', 'SIGTERM', 'SIGINT-twice'])
+def test_a_signal_stops_the_robot_then_the_process(tmp_path, stop_signals):
     """Ctrl-C / SIGTERM: final hold and a base ramped to zero velocity, then exit code 0."""
-    prefix = f'/sig{os.getpid()}_{int(stop_signal)}'
+    stop_signal = stop_signals[0]
+    prefix = f'/sig{os.getpid()}_{len(stop_signals)}_{int(stop_signal)}'
     path = prefixed_robot_yaml('mobile_manipulator', prefix, tmp_path)
     adapter = make_adapter(load_robot_config(path))
     base = next(spec.topic for spec in adapter.commands
@@ -597,7 +601,10 @@ def test_a_signal_stops_the_robot_then_the_process(tmp_path, stop_signal):
                  or process.poll() is not None)
         assert process.poll() is None, f'node exited early:\n{stderr_path.read_text()}'
         signalled = time.monotonic()
-        process.send_signal(stop_signal)
+        for number, sent in enumerate(stop_signals):
+            if number:
+                time.sleep(0.05)
+            process.send_signal(sent)
         try:
             code = process.wait(timeout=SHUTDOWN_S)
         except subprocess.TimeoutExpired:

@@ -9,7 +9,11 @@ not registered`` inside the executor and end the process (fixed upstream, not in
 ``spin_until_signal`` runs a node with rclpy's own signal handlers off: SIGINT and SIGTERM only
 set a flag, the spin loop returns, and the caller stops the robot (final hold, zero base
 velocity) while the ROS context can still deliver it; only then is the context shut down.
-A second signal while stopping raises ``KeyboardInterrupt`` (a person insisting).
+Further signals while stopping are logged and ignored: a terminal's Ctrl-C reaches the node
+twice (the process group's SIGINT and the one ``ros2 launch`` forwards), and interrupting the stop
+half-way would leave an inference thread running torch at exit (an abort). ``ros2 launch``'s
+SIGTERM/SIGKILL escalation, or a SIGKILL by hand, still bounds a stop that hangs; the final
+commands are sent first, before anything that can take long.
 """
 
 from collections.abc import Callable
@@ -20,6 +24,7 @@ from lifecycle_msgs.msg import Transition
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode
+from rclpy.logging import get_logger
 
 # Longest wait of one spin step: how soon a signal is noticed (seconds).
 SPIN_PERIOD_S = 0.1
@@ -70,7 +75,11 @@ def spin_until_signal(node: LifecycleNode, *, threads: int,
 
     def on_signal(signum, frame) -> None:
         if stop.is_set():
-            raise KeyboardInterrupt  # second signal: stop waiting for a clean stop
+            # Not the node's logger: /rosout may be going away.
+            get_logger(node.get_name()).info(
+                f'{signal.Signals(signum).name} ignored: already stopping (final commands '
+                'first, then the policy is released).')
+            return
         stop.set()
     previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     executor = MultiThreadedExecutor(num_threads=threads)
