@@ -46,7 +46,10 @@ import yaml
 SUCCESS = TransitionCallbackReturn.SUCCESS
 FAILURE = TransitionCallbackReturn.FAILURE
 RATE_HZ = 50.0
-RATE_MEDIAN_REL = 0.25  # the median gap between commands is within 25 % of the period
+# The median gap between commands lies within these multiples of the period: never faster than the
+# rate (a clock or rate bug), and at most twice as slow however loaded the 2-core machine is (a
+# chunk-rate or dt mix-up would show as 2.5-3x); benchmarks/node_benchmark.py measures the rate.
+RATE_MEDIAN_BOUNDS = (0.75, 2.0)
 MEASURE_S = 2.0  # window of the rate measurement
 TIMEOUT_S = 20.0  # generous: the 2-core CI machine is shared
 LIMIT_TOLERANCE = 1e-9
@@ -208,7 +211,8 @@ def test_commands_flow_at_the_control_rate_with_the_right_joints(make_harness, r
         # The median gap is robust to a loaded machine (a stall makes a few long gaps and
         # short ones after it); the precise rate is measured by benchmarks/node_benchmark.py.
         gap = float(np.median(np.diff([r.time for r in received])))
-        assert gap == pytest.approx(1.0 / RATE_HZ, rel=RATE_MEDIAN_REL), f'{spec.topic}: {gap} s'
+        low, high = (bound / RATE_HZ for bound in RATE_MEDIAN_BOUNDS)
+        assert low <= gap <= high, f'{spec.topic}: median gap {gap} s'
         msg = received[-1].message
         if spec.type == CommandType.JOINT_TRAJECTORY:
             assert msg.joint_names == list(spec.joint_names or spec.names)
