@@ -295,8 +295,9 @@ def test_a_server_of_another_robot_is_refused(server):
 class MisbehavingServer:
     """A websocket server that answers every request with one fixed (bad) response."""
 
-    def __init__(self, response) -> None:
+    def __init__(self, response, metadata=None) -> None:
         self.response, self.connections = response, 0
+        self.metadata = metadata or {'action_horizon': 50, 'action_dim': 4}
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
@@ -306,7 +307,7 @@ class MisbehavingServer:
     def _run(self, ready) -> None:
         async def handler(ws):
             self.connections += 1
-            await ws.send(codec.packb({'action_horizon': 50, 'action_dim': 4}))
+            await ws.send(codec.packb(self.metadata))
             async for _ in ws:
                 await ws.send(self.response)
 
@@ -321,6 +322,24 @@ class MisbehavingServer:
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.stop.set)
         self.thread.join(TIMEOUT_S)
+
+
+def test_a_foreign_server_is_refused_for_a_robot_with_joint_velocity_actions():
+    """openpi's own server returns DROID joint velocities: never command them as positions."""
+    adapter = load_adapter('franka_droid')
+    assert adapter.velocity_mask.any()
+    bad = MisbehavingServer(codec.packb({'actions': np.zeros((50, adapter.dof))}),
+                            metadata={'action_horizon': 50})  # no 'robot': not ours
+    try:
+        with pytest.raises(ValueError, match="declares joint-velocity actions: its velocities "
+                                             'would be commanded as positions'):
+            RemotePolicy(adapter, RemoteConfig(url=f'ws://127.0.0.1:{bad.port}'))
+        # Control: the same foreign server is accepted for a robot with absolute joint actions.
+        mock = load_adapter('mock')
+        assert not mock.velocity_mask.any()
+        RemotePolicy(mock, RemoteConfig(url=f'ws://127.0.0.1:{bad.port}')).close()
+    finally:
+        bad.close()
 
 
 @pytest.mark.parametrize('response, expected', [

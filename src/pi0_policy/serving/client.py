@@ -313,6 +313,16 @@ class RemotePolicy:
                 f'{self.adapter.dof}; start the server with --robot {self.adapter.name}.')
         if isinstance(horizon, int) and horizon > 0:
             self._horizon = horizon
+        if 'robot' not in self.metadata and self.adapter.velocity_mask.any():
+            # A pi0_policy server integrates joint velocities into position targets; another
+            # server's velocities would be indistinguishable from positions: never command them.
+            self.close()
+            raise ValueError(
+                f'Policy server {self.url} is not a pi0_policy server (metadata '
+                f'{sorted(self.metadata)}) and robot {self.adapter.name!r} declares joint-velocity '
+                'actions: its velocities would be commanded as positions. Serve the checkpoint '
+                f'with `pi0-policy serve --robot {self.adapter.name}` instead, or use a robot '
+                'config with absolute joint actions.')
         if 'robot' not in self.metadata:
             # openpi's serve_policy.py: its robot transforms decide the units of state/actions.
             _LOG.warning(
