@@ -2,8 +2,11 @@
 
 import math
 
+from embodiment_adapters import load_adapter
 import numpy as np
-from pi0_policy.sim import scripted
+from pi0_policy.data.reader import DatasetReader
+from pi0_policy.data.writer import DatasetWriter
+from pi0_policy.sim import demonstrations, scripted
 from pi0_policy.sim.aloha import (AlohaSim, AlohaSimConfig, CUBE_GEOM, LEFT_GRIPPER_FINGER_GEOM,
                                   RIGHT_GRIPPER_FINGER_GEOM, TABLE_GEOM, transfer_cube_stage)
 import pytest
@@ -90,3 +93,24 @@ def test_scripted_controller_transfers_the_cube(sim):
     assert scripted.held_success(rewards)
     # Stages come in order: the right arm lifts the cube before the left arm holds it.
     assert rewards.index(2) < rewards.index(4)
+
+
+def test_recorded_episodes_go_into_a_lerobot_dataset(tmp_path):
+    adapter = load_adapter(demonstrations.ROBOT)
+    rng = np.random.default_rng(0)
+    steps = 12
+    record = demonstrations.EpisodeRecord(
+        seed=5, images=rng.integers(0, 256, (steps, 16, 24, 3), dtype=np.uint8),
+        state=rng.standard_normal((steps, len(adapter.state_names))),
+        actions=rng.standard_normal((steps, len(adapter.action_names))),
+        rewards=np.array([0] * 6 + [4] * 6))
+    assert record.max_reward == 4 and not record.success  # 6 steps at stage 4 do not hold
+    writer = DatasetWriter(tmp_path, demonstrations.dataset_spec(adapter, 16, 24))
+    demonstrations.write_episode(writer, record)
+    reader = DatasetReader(tmp_path)
+    assert (reader.fps, reader.num_episodes, reader.cameras) == (50, 1, ('cam_high',))
+    episode = reader.episode(0)
+    np.testing.assert_allclose(episode.action, record.actions, atol=1e-6)
+    np.testing.assert_allclose(episode.state, record.state, atol=1e-6)
+    assert episode.task == demonstrations.DEFAULT_PROMPT
+    assert reader.episode_meta(0)['recording/max_reward'] == 4

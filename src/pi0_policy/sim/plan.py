@@ -229,6 +229,9 @@ def plan_run(options: DemoOptions, params: dict[str, Any],
     """
     strategy, strategy_reason = choose_strategy(options.strategy, options.checkpoint,
                                                 options.device)
+    asked = checkpoint_demo_settings(options.checkpoint)['policy'].get('strategy')
+    if options.strategy == STRATEGY_AUTO and asked:
+        strategy, strategy_reason = asked, f'the checkpoint asks for it ({DEMO_SETTINGS_FILE})'
     cpu_checkpoint = is_cpu_checkpoint(options.checkpoint, options.device)
     cost = None
     if options.time_mode == TIME_AUTO and not cpu_checkpoint:
@@ -322,7 +325,7 @@ def write_params(options: DemoOptions, path: pathlib.Path, *, sim_time: bool,
     policy = params[POLICY_NODE_NAME][ROS_PARAMETERS_KEY]
     settings = checkpoint_demo_settings(options.checkpoint)
     params[SIM_NODE_NAME][ROS_PARAMETERS_KEY].update(settings['sim'])
-    policy.update(settings['policy'])
+    policy.update(settings['policy'])  # its strategy is plan_run's choice for --strategy auto
     policy.update(checkpoint=options.checkpoint, prompt=options.prompt, device=options.device,
                   strategy=strategy, use_sim_time=sim_time)
     # Checkpoint-specific settings of the pi0 node, passed through as given (validated there).
