@@ -18,6 +18,10 @@ def generate_launch_description() -> LaunchDescription:
             'robot', default_value='mobile_manipulator',
             description='Robot config name (config/robots/<name>.yaml) or a YAML path.'),
         DeclareLaunchArgument(
+            'policy_backend', default_value='subprocess',
+            description="Where pi0 runs: 'subprocess' (a child server on loopback: the control "
+            "process runs no model code), 'inprocess' or 'remote' (with policy_url)."),
+        DeclareLaunchArgument(
             'params_file', default_value=PathJoinSubstitution([share, 'config', f'{SETUP}.yaml']),
             description='Node parameter overrides (config/<setup>.yaml or your own file).'),
         DeclareLaunchArgument(
@@ -28,5 +32,6 @@ def generate_launch_description() -> LaunchDescription:
         PythonLaunchDescriptionSource(
             PathJoinSubstitution([share, 'launch', 'pi0_policy.launch.py'])),
         launch_arguments={name: LaunchConfiguration(name)
-                          for name in ('robot', 'params_file', 'rviz_config')}.items())
+                          for name in ('robot', 'params_file', 'rviz_config',
+                                       'policy_backend')}.items())
     return LaunchDescription(arguments + [policy])

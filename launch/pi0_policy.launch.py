@@ -48,6 +48,13 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument('device', default_value='',
                               description="Torch device: 'cpu', 'cuda' or 'cuda:<index>'; "
                               "empty: the params file value, else 'cpu'."),
+        DeclareLaunchArgument(
+            'policy_backend', default_value='',
+            description="Where pi0 runs: 'inprocess', 'subprocess' (a child server on loopback) "
+            "or 'remote' (policy_url); empty: the params file value, else 'inprocess'."),
+        DeclareLaunchArgument('policy_url', default_value='', description="remote: the "
+                              "openpi-protocol server, e.g. 'ws://gpu-box:8000'."),
+        DeclareLaunchArgument('policy_api_key', default_value='', description='remote: the key.'),
         DeclareLaunchArgument('rviz', default_value='false', description='Start rviz2.'),
         DeclareLaunchArgument(
             'rviz_config', default_value=PathJoinSubstitution([share, 'config', 'bimanual.rviz']),
@@ -58,7 +65,8 @@ def generate_launch_description() -> LaunchDescription:
     overrides = NodeOverrides(
         NODE_NAME, flags={'use_sim_time': sim_time},
         strings={name: LaunchConfiguration(name)
-                 for name in ('robot', 'checkpoint', 'prompt', 'device')})
+                 for name in ('robot', 'checkpoint', 'prompt', 'device', 'policy_backend',
+                              'policy_url', 'policy_api_key')})
     rviz = Node(package='rviz2', executable='rviz2', output='screen',
                 arguments=['-d', LaunchConfiguration('rviz_config')],
                 parameters=[{'use_sim_time': ParameterValue(sim_time, value_type=bool)}],

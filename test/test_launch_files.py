@@ -185,7 +185,8 @@ def own_nodes(tree: ast.Module) -> dict[str, ast.Call]:
 
 # The parameters each node gets from launch arguments; no setup YAML may set them (they would be
 # dead values: the launch argument always wins).
-LAUNCH_PARAMETERS = {NODE_NAME: {'robot', 'checkpoint', 'prompt', 'device', 'use_sim_time'},
+LAUNCH_PARAMETERS = {NODE_NAME: {'robot', 'checkpoint', 'prompt', 'device', 'use_sim_time',
+                                 'policy_backend', 'policy_url', 'policy_api_key'},
                      SIM_NODE_NAME: {'robot', 'sim_time'}}
 
 
