@@ -52,7 +52,7 @@ def generate_launch_description() -> LaunchDescription:
             'policy_backend', default_value='',
             description="Where pi0 runs: 'inprocess', 'subprocess' (a child server on loopback) "
             "or 'remote' (policy_url); empty: the params file value, else 'inprocess'."),
-        DeclareLaunchArgument('policy_url', default_value='', description="remote: the "
+        DeclareLaunchArgument('policy_url', default_value='', description='remote: the '
                               "openpi-protocol server, e.g. 'ws://gpu-box:8000'."),
         DeclareLaunchArgument('policy_api_key', default_value='', description='remote: the key.'),
         DeclareLaunchArgument('rviz', default_value='false', description='Start rviz2.'),

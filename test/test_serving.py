@@ -325,13 +325,13 @@ class MisbehavingServer:
 
 
 def test_a_foreign_server_is_refused_for_a_robot_with_joint_velocity_actions():
-    """openpi's own server returns DROID joint velocities: never command them as positions."""
+    """A server that is not ours (openpi's DROID) returns velocities: never commanded."""
     adapter = load_adapter('franka_droid')
     assert adapter.velocity_mask.any()
     bad = MisbehavingServer(codec.packb({'actions': np.zeros((50, adapter.dof))}),
                             metadata={'action_horizon': 50})  # no 'robot': not ours
     try:
-        with pytest.raises(ValueError, match="declares joint-velocity actions: its velocities "
+        with pytest.raises(ValueError, match='declares joint-velocity actions: its velocities '
                                              'would be commanded as positions'):
             RemotePolicy(adapter, RemoteConfig(url=f'ws://127.0.0.1:{bad.port}'))
         # Control: the same foreign server is accepted for a robot with absolute joint actions.

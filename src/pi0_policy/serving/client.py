@@ -319,8 +319,9 @@ class RemotePolicy:
             self.close()
             raise ValueError(
                 f'Policy server {self.url} is not a pi0_policy server (metadata '
-                f'{sorted(self.metadata)}) and robot {self.adapter.name!r} declares joint-velocity '
-                'actions: its velocities would be commanded as positions. Serve the checkpoint '
+                f'{sorted(self.metadata)}) and robot {self.adapter.name!r} declares '
+                'joint-velocity actions: its velocities would be commanded as positions. Serve '
+                'the checkpoint '
                 f'with `pi0-policy serve --robot {self.adapter.name}` instead, or use a robot '
                 'config with absolute joint actions.')
         if 'robot' not in self.metadata:
