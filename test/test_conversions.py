@@ -15,6 +15,7 @@ import numpy as np
 from openpi_client import image_tools
 from pi0_policy.ros import commands, conversions, diagnostics, observation, visualization
 from pi0_policy.runtime import inputs, status, transforms
+from pi0_policy.runtime.session import clean_instruction
 import pytest
 from sensor_msgs.msg import CompressedImage, Image, JointState
 import yaml
@@ -190,11 +191,11 @@ def test_command_builders():
 
 
 def test_instruction_checks():
-    assert conversions.clean_instruction('  fold the towel \n', 100) == 'fold the towel'
+    assert clean_instruction('  fold the towel \n', 100) == 'fold the towel'
     with pytest.raises(ValueError, match='is empty'):
-        conversions.clean_instruction('   ', 100)
+        clean_instruction('   ', 100)
     with pytest.raises(ValueError, match='10000 characters; expected at most 2000'):
-        conversions.clean_instruction('x' * 10_000, 2000)
+        clean_instruction('x' * 10_000, 2000)
 
 
 def test_action_chunk_message_and_shape_error():

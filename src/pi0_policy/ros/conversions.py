@@ -151,29 +151,6 @@ def validate_image(msg: Image, *, max_pixels: int | None = None) -> None:
             f'{msg.step}; expected {msg.step * msg.height} bytes.')
 
 
-def clean_instruction(text: str, max_chars: int) -> str:
-    """
-    Return a language instruction with surrounding whitespace removed, after checks.
-
-    Args:
-        text: The instruction as received.
-        max_chars: Longest instruction accepted (characters).
-
-    Raises:
-        ValueError: The instruction is empty or longer than ``max_chars``.
-
-    """
-    cleaned = text.strip()
-    if not cleaned:
-        raise ValueError(f'Instruction {text!r} is empty; expected a task description such as '
-                         '"pick up the cube". The previous instruction stays in effect.')
-    if len(cleaned) > max_chars:
-        raise ValueError(f'Instruction has {len(cleaned)} characters; expected at most '
-                         f'{max_chars} (max_instruction_chars). Send a shorter instruction; the '
-                         'previous one stays in effect.')
-    return cleaned
-
-
 def image_to_rgb(msg: Image, *, use_cv_bridge: bool | None = None,
                  copy: bool = False) -> np.ndarray:
     """
