@@ -15,8 +15,8 @@ only while unconfigured, live ones are validated when set and applied at once.
 Threads: the control loop (``ControlLoop``) has its own thread and only takes the next action
 from the chunk executor, filters it and publishes (a tick that raises gives a hold and the ERROR
 state; the loop keeps running); subscriptions, services and reporting share one callback group
-and take ``_io_lock``, under which configure's I/O is also destroyed (no callback runs on a
-destroyed publisher); inference runs in ``InferenceWorker``'s thread. The tick and inference
+and take ``_io_lock``, under which configure's publishers are destroyed (no callback runs on a
+destroyed publisher; the input subscriptions live as long as the node); inference runs in ``InferenceWorker``'s thread. The tick and inference
 logic is ``Session``'s, the status bookkeeping ``StatusReporter``'s (both pure, in runtime/);
 this node wires them to ROS. Reporting (``~/status``, ``/diagnostics``, ``~/enable``,
 ``~/set_instruction``) lives as long as the node, so a failed configure is still reported.
@@ -101,7 +101,8 @@ class PolicyNode(LifecycleNode):
         self._ctl: Session | None = None
         self._status: StatusReporter | None = None
         self._outputs: NodeOutputs | None = None  # commands, chunks, preview
-        self._input_subs: list[Subscription] = []  # the robot's inputs
+        self._input_subs: list[Subscription] = []  # the robot's inputs (``_subscribe_inputs``)
+        self._input_specs: tuple[InputSpec, ...] = ()  # what they subscribe to
         # Created by activate, stopped by deactivate.
         self._worker: InferenceWorker | None = None
         self._control_timer: ControlLoop | None = None
@@ -212,12 +213,28 @@ class PolicyNode(LifecycleNode):
         with self._io_lock:
             self._config, self._inputs = cfg, inputs
             self._outputs = NodeOutputs(self, adapter, router, cfg.execution.dt)
-            self._input_subs = [self.create_subscription(
-                MESSAGE_TYPES[spec.kind], spec.topic,
-                lambda msg, spec=spec: self._on_input(spec, msg), qos_profile_sensor_data,
-                callback_group=self._io_group, event_callbacks=_NO_SUB_EVENTS)
-                for spec in inputs]
+            self._subscribe_inputs(inputs)
             self._status, self._ctl = session.status, session  # I/O callbacks serve from here
+
+    def _subscribe_inputs(self, inputs: tuple[InputSpec, ...]) -> None:
+        """
+        Subscribe to the robot's inputs, keeping the subscriptions of an earlier configure.
+
+        ``robot`` is read-only, so a re-configure asks for the same inputs: their subscriptions
+        live until the node is destroyed (callbacks drop messages while unconfigured). Destroying
+        a subscription while the executor may be taking a message from it makes rclpy 7.1.6 fail
+        that take with "cannot use Destroyable" (a task exception nobody retrieves).
+        """
+        if self._input_specs == inputs:
+            return
+        for subscription in self._input_subs:  # only if the robot YAML changed on disk
+            self.destroy_subscription(subscription)
+        self._input_subs = [self.create_subscription(
+            MESSAGE_TYPES[spec.kind], spec.topic,
+            lambda msg, spec=spec: self._on_input(spec, msg), qos_profile_sensor_data,
+            callback_group=self._io_group, event_callbacks=_NO_SUB_EVENTS)
+            for spec in inputs]
+        self._input_specs = inputs
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Enable the publishers, then start the inference thread and the control loop."""
@@ -302,10 +319,7 @@ class PolicyNode(LifecycleNode):
     def _release(self) -> None:
         """Destroy configure's entities (no I/O callback runs meanwhile) and close the policy."""
         with self._io_lock:
-            self._ctl = self._status = None  # I/O callbacks serve no more
-            for subscription in self._input_subs:
-                self.destroy_subscription(subscription)
-            self._input_subs = []
+            self._ctl = self._status = None  # I/O callbacks serve no more (subscriptions stay)
             if self._outputs is not None:
                 self._outputs.destroy()
                 self._outputs = None
