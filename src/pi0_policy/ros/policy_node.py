@@ -12,14 +12,15 @@ request for a transition invalid in the current state is answered with failure (
 Parameters (``params``): read-only ones are fixed at start-up, configure-time ones can be set
 only while unconfigured, live ones are validated when set and applied at once.
 
-Threads: the control loop (``ControlLoop``) has its own thread and only takes the next action
-from the chunk executor, filters it and publishes (a tick that raises gives a hold and the ERROR
-state; the loop keeps running); subscriptions, services and reporting share one callback group
-and take ``_io_lock``, under which configure's publishers are destroyed (no callback runs on a
-destroyed publisher; the input subscriptions live as long as the node); inference runs in ``InferenceWorker``'s thread. The tick and inference
-logic is ``Session``'s, the status bookkeeping ``StatusReporter``'s (both pure, in runtime/);
-this node wires them to ROS. Reporting (``~/status``, ``/diagnostics``, ``~/enable``,
-``~/set_instruction``) lives as long as the node, so a failed configure is still reported.
+Threads: the control loop (``ControlLoop``) has its own thread and only takes the next action from
+the chunk executor, filters it and publishes (a tick that raises gives a hold and the ERROR state;
+the loop keeps running); subscriptions, services and reporting share one callback group and take
+``_io_lock``, under which configure's publishers are destroyed (no callback runs on a destroyed
+publisher; the input subscriptions live as long as the node); inference runs in
+``InferenceWorker``'s thread. The tick and inference logic is ``Session``'s, the status bookkeeping
+``StatusReporter``'s (both pure, in runtime/); this node wires them to ROS. Reporting
+(``~/status``, ``/diagnostics``, ``~/enable``, ``~/set_instruction``) lives as long as the node, so
+a failed configure is still reported.
 
 Shutdown (Ctrl-C, SIGTERM, or the shutdown transition): ``close()`` stops the control loop, waits
 for a tick in progress, joins the inference thread (a thread still running torch at interpreter
