@@ -168,8 +168,9 @@ def choose_clock(requested: str, cost: SimCost | None, *, cpu_checkpoint: bool =
     if requested != TIME_AUTO:
         return ClockChoice(requested == TIME_SIM, f'requested with --time {requested}')
     if cpu_checkpoint:
-        return ClockChoice(True, 'a full pi0 checkpoint on the CPU takes seconds per inference '
-                           'and loads every core, so the sim runs in lockstep with the pi0 node')
+        return ClockChoice(True, 'a pi0 checkpoint on the CPU (a full-size one takes seconds '
+                           'per inference), so the sim runs in lockstep with the pi0 '
+                           'node and never outruns it')
     if cost is None:
         raise ValueError("Time mode 'auto' needs the measured sim cost; calibrate first or pass "
                          '--time real or --time sim.')
