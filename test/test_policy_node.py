@@ -2,10 +2,12 @@
 Integration tests of pi0_policy_node: real rclpy over loopback DDS, the tiny random π0.
 
 Each test starts the node and a synthetic robot (topics under a unique prefix, from a copy of the
-robot YAML) on a MultiThreadedExecutor spun in a thread, and drives the lifecycle in-process.
+robot YAML) on the node's ``Spinner`` spun in a thread (a callback that raises fails the test), and
+drives the lifecycle in-process.
 """
 
 from collections.abc import Callable, Iterator
+import gc
 import itertools
 import math
 import os
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from types import SimpleNamespace
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -30,10 +33,10 @@ from pi0_policy.model.config import Pi0Config
 from pi0_policy.ros import conversions, visualization
 from pi0_policy.ros.policy_node import GIL_SWITCH_INTERVAL, PolicyNode
 from pi0_policy.ros.sim.synthetic_robot import SyntheticRobot
+from pi0_policy.ros.spinner import Spinner
 import pytest
 from rcl_interfaces.srv import SetParameters
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, JointState
@@ -111,18 +114,19 @@ class Harness:
         self.set_instruction = self.robot.create_client(SetInstruction,
                                                         f'{node_name}/set_instruction')
         self.enable = self.robot.create_client(SetBool, f'{node_name}/enable')
-        self.executor = MultiThreadedExecutor(num_threads=4)
+        self.errors: list[BaseException] = []  # raised by callbacks or the spin loop
+        self.executor = Spinner(4, self.errors.append)
         self.executor.add_node(self.node)
         self.executor.add_node(self.robot)
         self._stop = threading.Event()
-        self.errors: list[Exception] = []  # raised by the executor (callbacks, I/O teardown)
         self.node_name = node_name
         self.thread = threading.Thread(target=self._spin)
         self.thread.start()
 
     def _spin(self) -> None:
         # A stop flag, not executor.shutdown() from another thread: that races with a spin in
-        # progress (rclpy destroys the executor's guard condition under it).
+        # progress (rclpy destroys the executor's guard condition under it). The spin loop and
+        # then Spinner.shutdown (which waits for the callbacks) end before any node is destroyed.
         while not self._stop.is_set():
             try:
                 self.executor.spin_once(timeout_sec=SPIN_PERIOD_S)
@@ -169,6 +173,9 @@ def make_harness(tmp_path) -> Iterator[Callable[..., Harness]]:
         for harness in harnesses:
             harness.close()
         rclpy.try_shutdown()
+    for harness in harnesses:
+        assert not harness.errors, 'a callback or the spin loop raised:\n' + ''.join(
+            traceback.format_exception(harness.errors[0]))
 
 
 def command_values(msg) -> list[float]:
@@ -590,9 +597,16 @@ def test_a_signal_stops_the_robot_then_the_process(tmp_path, stop_signals):
     stderr_path = tmp_path / 'node.stderr'
     rclpy.init()
     robot = SyntheticRobot(adapter, name=f'signal_robot_{os.getpid()}')
-    executor = MultiThreadedExecutor(num_threads=2)
+    errors: list[BaseException] = []
+    executor = Spinner(2, errors.append)
     executor.add_node(robot)
-    spinner = threading.Thread(target=executor.spin)
+    spinning = threading.Event()
+    spinning.set()
+
+    def spin() -> None:
+        while spinning.is_set():
+            executor.spin_once(timeout_sec=SPIN_PERIOD_S)
+    spinner = threading.Thread(target=spin)
     spinner.start()
     with open(stderr_path, 'w') as stderr:
         process = subprocess.Popen(
@@ -619,10 +633,12 @@ def test_a_signal_stops_the_robot_then_the_process(tmp_path, stop_signals):
         if process.poll() is None:
             process.kill()
             process.wait()
-        executor.shutdown()
+        spinning.clear()
         spinner.join()
+        executor.shutdown()
         robot.destroy_node()
         rclpy.try_shutdown()
+    assert not errors, errors
     errors = stderr_path.read_text()
     assert code == 0, errors
     assert 'Traceback' not in errors and 'terminate called' not in errors, errors
@@ -718,6 +734,8 @@ def test_invalid_lifecycle_requests_fail_and_the_node_keeps_running(make_harness
 
 
 def test_cleanup_and_shutdown_under_input_load_are_race_free(make_harness, capfd):
+    gc.collect()  # what earlier tests left for the garbage collector speaks now, not below
+    capfd.readouterr()
     harness = make_harness()
     camera = harness.adapter.cameras[0]
     flood = harness.robot.create_publisher(Image, camera.topic, 10)
@@ -750,6 +768,7 @@ def test_cleanup_and_shutdown_under_input_load_are_race_free(make_harness, capfd
         flooder.join()
     assert harness.state() == 'finalized'
     assert not harness.errors, harness.errors
+    gc.collect()  # a callback task that failed unread reports itself when collected
     err = capfd.readouterr().err
     assert 'InvalidHandle' not in err and 'Destroyable' not in err, err
 

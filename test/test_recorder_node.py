@@ -11,9 +11,9 @@ from pi0_policy.data import layout
 from pi0_policy.data.reader import DatasetReader
 from pi0_policy.ros.recorder_node import RecorderNode
 from pi0_policy.ros.sim.synthetic_robot import SyntheticRobot
+from pi0_policy.ros.spinner import Spinner
 import pytest
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_msgs.msg import Float64MultiArray
@@ -67,7 +67,8 @@ def ros(tmp_path):
         # A loaded 2-core machine delivers messages late: wait longer, accept drops (counted).
         Parameter('latency_s', value=LATENCY_S), Parameter('max_drop_fraction', value=0.5)])
     client = Node('recorder_client')
-    executor = MultiThreadedExecutor(num_threads=3)
+    errors: list[BaseException] = []
+    executor = Spinner(3, errors.append)
     for node in (robot, commander, recorder, client):
         executor.add_node(node)
     stop = threading.Event()
@@ -92,9 +93,11 @@ def ros(tmp_path):
     finally:
         stop.set()
         thread.join()
+        executor.shutdown()  # waits for the callbacks before the nodes go
         for node in (robot, commander, recorder, client):
             node.destroy_node()
         rclpy.try_shutdown()
+    assert not errors, f'a callback raised: {errors}'
 
 
 def test_record_read_back(ros):

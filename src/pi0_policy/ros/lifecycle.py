@@ -21,8 +21,9 @@ import signal
 import threading
 
 from lifecycle_msgs.msg import Transition
+from pi0_policy.ros.spinner import Spinner
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode
 from rclpy.logging import get_logger
 
@@ -72,17 +73,18 @@ def spin_until_signal(node: LifecycleNode, *, threads: int,
     and rclpy shut down afterwards, whatever happened.
     """
     stop = threading.Event()
+    # Not the node's logger: /rosout may be going away.
+    logger = get_logger(node.get_name())
 
     def on_signal(signum, frame) -> None:
         if stop.is_set():
-            # Not the node's logger: /rosout may be going away.
-            get_logger(node.get_name()).info(
+            logger.info(
                 f'{signal.Signals(signum).name} ignored: already stopping (final commands '
                 'first, then the policy is released).')
             return
         stop.set()
     previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
-    executor = MultiThreadedExecutor(num_threads=threads)
+    executor = Spinner(threads, lambda error: logger.error(f'a callback raised: {error!r}'))
     try:
         executor.add_node(node)
         while not stop.is_set() and rclpy.ok():
@@ -93,7 +95,7 @@ def spin_until_signal(node: LifecycleNode, *, threads: int,
         try:
             on_stop()  # the context is still up: the final commands are delivered
         finally:
-            executor.shutdown()
+            executor.shutdown()  # no callback runs on the node once it is destroyed
             node.destroy_node()
             rclpy.try_shutdown()
             for sig, handler in previous.items():
