@@ -30,7 +30,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -39,10 +38,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'src'))
 
 import rclpy  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 
 from pi0_policy.ros.policy_node import GIL_SWITCH_INTERVAL, PolicyNode  # noqa: E402, I100
+from pi0_policy.ros.spinner import Spinner  # noqa: E402
 
 STRATEGIES = ('sync', 'async', 'ensemble', 'rtc')
 DELAYS = (0.0, 0.1, 0.2, 0.3)  # seconds added to every inference
@@ -120,10 +119,9 @@ def run_cell(strategy: str, delay: float, seconds: float, checkpoint: str,
         Parameter('request_remaining', value=EXECUTE_STEPS),
         Parameter('control_rate_hz', value=rate_hz), Parameter('max_age', value=MAX_AGE_S),
         Parameter('preview', value=False)])
-    executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
+    executor = Spinner(EXECUTOR_THREADS, lambda error: print(f'callback raised: {error!r}'))
     executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin)
-    spinner.start()
+    executor.start()
     try:
         node.trigger_configure()
         ctl = node._ctl
@@ -143,8 +141,7 @@ def run_cell(strategy: str, delay: float, seconds: float, checkpoint: str,
         stats = ctl.executor.stats
         latency = stats.latency
     finally:
-        executor.shutdown()
-        spinner.join()
+        executor.stop()
         node.close()
         node.destroy_node()
     out = metrics(recorder, position_dims, 1.0 / rate_hz, seconds)

@@ -3,7 +3,6 @@
 from dataclasses import dataclass
 import pathlib
 import sys
-import threading
 import time
 
 import numpy as np
@@ -13,11 +12,11 @@ sys.path.insert(0, str(ROOT / 'src'))
 
 from embodiment_adapters import load_robot_config, make_adapter  # noqa: E402, I100
 import rclpy  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 
 from pi0_policy.ros.policy_node import GIL_SWITCH_INTERVAL, PolicyNode  # noqa: E402, I100
 from pi0_policy.ros.sim.synthetic_robot import SyntheticRobot  # noqa: E402
+from pi0_policy.ros.spinner import Spinner  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -52,11 +51,10 @@ def run_ticks(robot: str, seconds: float, image_hw: tuple[int, int],
         ticks.append(time.perf_counter())
         tick()
     node._on_control_tick = timed_tick  # record the start of every control callback
-    executor = MultiThreadedExecutor(num_threads=4)
+    executor = Spinner(4, lambda error: print(f'callback raised: {error!r}'))
     executor.add_node(node)
     executor.add_node(bot)
-    spinner = threading.Thread(target=executor.spin)
-    spinner.start()
+    executor.start()
     try:
         node.trigger_configure()
         node.trigger_activate()
@@ -65,8 +63,7 @@ def run_ticks(robot: str, seconds: float, image_hw: tuple[int, int],
         rate = node._config.execution.control_rate_hz
     finally:
         node.close()
-        executor.shutdown()
-        spinner.join()
+        executor.stop()
         node.destroy_node()
         bot.destroy_node()
         rclpy.try_shutdown()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import embodiment_adapters
 from embodiment_adapters import unified
+from embodiment_adapters.config import find_robot_config
 import numpy as np
 from pi0_policy.model import checkpoint
 from pi0_policy.model.pi0 import build_empty, init_random
@@ -143,14 +144,27 @@ def test_pipeline_errors():
         pipe.prepare({**obs, 'images': [obs['images'][required]]})
 
 
-def test_pipeline_rejects_narrow_model_and_missing_slots():
+def test_pipeline_rejects_narrow_model_and_missing_slots(tmp_path):
     adapter = embodiment_adapters.load_adapter(MULTI_CAMERA_ROBOT)
+
+    def pipeline(adapter, num_cameras=3, state_dim=32):
+        return pl.Pi0Pipeline(adapter, PromptTokenizer.fallback(100), tf.Normalizer(),
+                              image_size=MODEL_IMAGE_SIZE, num_cameras=num_cameras,
+                              state_dim=state_dim, action_dim=32)
     with pytest.raises(ValueError, match='smaller than the unified width 18'):
-        pl.Pi0Pipeline(adapter, PromptTokenizer.fallback(100), tf.Normalizer(),
-                       image_size=MODEL_IMAGE_SIZE, num_cameras=3, state_dim=14, action_dim=32)
-    with pytest.raises(ValueError, match=r'model slots \[0, 1, 2\]; expected distinct slots in'):
-        pl.Pi0Pipeline(adapter, PromptTokenizer.fallback(100), tf.Normalizer(),
-                       image_size=MODEL_IMAGE_SIZE, num_cameras=2, state_dim=32, action_dim=32)
+        pipeline(adapter, state_dim=14)
+    # A one-slot model (base camera only) leaves the optional wrist cameras unused...
+    assert pipeline(adapter, num_cameras=1).unused_cameras == ('cam_left_wrist',
+                                                               'cam_right_wrist')
+    assert pipeline(adapter).unused_cameras == ()
+    # ...but cannot serve a robot that requires a camera in a slot it lacks.
+    text = find_robot_config(MULTI_CAMERA_ROBOT).read_text()
+    strict = tmp_path / 'aloha_strict.yaml'
+    strict.write_text(text.replace('model_slot: 2, required: false',
+                                   'model_slot: 2, required: true'))
+    with pytest.raises(ValueError, match=r"requires cameras \['cam_right_wrist'\] in model "
+                                         r'slots \[2\], but the model has 2 camera slot'):
+        pipeline(embodiment_adapters.load_adapter(str(strict)), num_cameras=2)
 
 
 # ------------------------------------------------------------------------------------ policy

@@ -118,20 +118,8 @@ class Harness:
         self.executor = Spinner(4, self.errors.append)
         self.executor.add_node(self.node)
         self.executor.add_node(self.robot)
-        self._stop = threading.Event()
         self.node_name = node_name
-        self.thread = threading.Thread(target=self._spin)
-        self.thread.start()
-
-    def _spin(self) -> None:
-        # A stop flag, not executor.shutdown() from another thread: that races with a spin in
-        # progress (rclpy destroys the executor's guard condition under it). The spin loop and
-        # then Spinner.shutdown (which waits for the callbacks) end before any node is destroyed.
-        while not self._stop.is_set():
-            try:
-                self.executor.spin_once(timeout_sec=SPIN_PERIOD_S)
-            except Exception as error:  # noqa: B902 - recorded: a test fails on any
-                self.errors.append(error)
+        self.executor.start(SPIN_PERIOD_S)
 
     def start(self) -> None:
         assert self.node.trigger_configure() == SUCCESS
@@ -151,9 +139,7 @@ class Harness:
         return future.result()
 
     def close(self) -> None:
-        self._stop.set()  # first: destroying entities under a spinning executor races
-        self.thread.join()
-        self.executor.shutdown()
+        self.executor.stop()  # first: no callback may run while the nodes are destroyed
         self.node.close()
         self.node.destroy_node()
         self.robot.destroy_node()
@@ -600,14 +586,7 @@ def test_a_signal_stops_the_robot_then_the_process(tmp_path, stop_signals):
     errors: list[BaseException] = []
     executor = Spinner(2, errors.append)
     executor.add_node(robot)
-    spinning = threading.Event()
-    spinning.set()
-
-    def spin() -> None:
-        while spinning.is_set():
-            executor.spin_once(timeout_sec=SPIN_PERIOD_S)
-    spinner = threading.Thread(target=spin)
-    spinner.start()
+    executor.start(SPIN_PERIOD_S)
     with open(stderr_path, 'w') as stderr:
         process = subprocess.Popen(
             [sys.executable, '-m', 'pi0_policy.ros.policy_node', '--ros-args',
@@ -633,9 +612,7 @@ def test_a_signal_stops_the_robot_then_the_process(tmp_path, stop_signals):
         if process.poll() is None:
             process.kill()
             process.wait()
-        spinning.clear()
-        spinner.join()
-        executor.shutdown()
+        executor.stop()
         robot.destroy_node()
         rclpy.try_shutdown()
     assert not errors, errors
@@ -730,7 +707,7 @@ def test_invalid_lifecycle_requests_fail_and_the_node_keeps_running(make_harness
     assert not change_state(harness, client, transition_id=Transition.TRANSITION_CLEANUP)
     assert harness.state() == 'active'
     harness.wait_running()  # still commanding
-    assert not harness.errors and harness.thread.is_alive()
+    assert not harness.errors
 
 
 def test_cleanup_and_shutdown_under_input_load_are_race_free(make_harness, capfd):
@@ -778,7 +755,11 @@ def test_a_future_stamped_input_goes_stale_and_is_reported(make_harness):
     harness.start()
     harness.wait_running()
 
-    def future(topic: str, msg: JointState) -> JointState:
+    quiet = threading.Event()
+
+    def future(topic: str, msg: JointState) -> JointState | None:
+        if quiet.is_set():
+            return None
         msg.header.stamp.sec += 30  # a computer whose clock runs 30 s ahead
         return msg
     harness.robot.joint_override = future
@@ -790,8 +771,7 @@ def test_a_future_stamped_input_goes_stale_and_is_reported(make_harness):
     assert skewed.level != DiagnosticStatus.OK and 'joint states' in skewed.name
     count = len(harness.chunks)
     wait_for(lambda: len(harness.chunks) > count)  # fresh by arrival: the robot still runs
-    timer = next(t for t in harness.robot.timers if t.callback == harness.robot._publish_joints)
-    timer.cancel()  # the joint states go silent; their last stamp lies 30 s in the future
+    quiet.set()  # the joint states go silent; their last stamp lies 30 s in the future
     silent = time.monotonic()
     hold = wait_for(lambda: next((s.message for s in harness.statuses if s.time > silent and
                                   s.message.state == PolicyStatus.STATE_HOLDING), None))

@@ -2,7 +2,6 @@
 
 import ast
 import pathlib
-import threading
 import time
 
 import embodiment_adapters
@@ -71,13 +70,7 @@ def ros(tmp_path):
     executor = Spinner(3, errors.append)
     for node in (robot, commander, recorder, client):
         executor.add_node(node)
-    stop = threading.Event()
-
-    def spin() -> None:
-        while not stop.is_set():
-            executor.spin_once(timeout_sec=SPIN_PERIOD_S)
-    thread = threading.Thread(target=spin)
-    thread.start()
+    executor.start(SPIN_PERIOD_S)
 
     def call(service: str) -> Trigger.Response:
         cli = client.create_client(Trigger, f'/pi0_recorder/{service}')
@@ -91,9 +84,7 @@ def ros(tmp_path):
     try:
         yield call, commander, recorder, tmp_path / 'ds'
     finally:
-        stop.set()
-        thread.join()
-        executor.shutdown()  # waits for the callbacks before the nodes go
+        executor.stop()  # waits for the callbacks before the nodes go
         for node in (robot, commander, recorder, client):
             node.destroy_node()
         rclpy.try_shutdown()

@@ -56,17 +56,36 @@ def test_shutdown_waits_for_running_callbacks_before_the_node_goes(context):
     pub = node.create_publisher(String, 'spinner_drain_topic', 10)
 
     def slow() -> None:
+        if started.is_set():
+            return
         started.set()
         time.sleep(0.3)
         pub.publish(String(data='still alive'))  # raises if the node was destroyed meanwhile
         finished.set()
-    timer = node.create_timer(0.01, slow)
+    node.create_timer(0.01, slow)
     try:
         spin_until(spinner, started.is_set)
-        timer.cancel()
     finally:
         spinner.shutdown()
         assert finished.is_set(), 'shutdown returned while a callback was still running'
+        node.destroy_node()
+    assert not errors, errors
+
+
+def test_start_and_stop_spin_in_a_thread(context):
+    errors: list[BaseException] = []
+    spinner = Spinner(2, errors.append, context=context)
+    node = rclpy.create_node('spinner_thread', context=context)
+    spinner.add_node(node)
+    ticks = threading.Event()
+    node.create_timer(0.01, ticks.set)
+    spinner.start(SPIN_PERIOD_S)
+    try:
+        with pytest.raises(RuntimeError, match='already spinning'):
+            spinner.start()
+        assert ticks.wait(TIMEOUT_S)
+    finally:
+        spinner.stop()
         node.destroy_node()
     assert not errors, errors
 

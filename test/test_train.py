@@ -147,6 +147,24 @@ def test_train_checkpoint_loads_resumes_and_fine_tunes(dataset, tmp_path):
     assert tuned.trainable_params < sum(p.numel() for p in before.parameters())
 
 
+def test_a_new_model_takes_its_camera_slots_and_image_size(dataset, tmp_path):
+    """A one-camera model at another image size trains, saves its shape and serves the robot."""
+    result = train(_config(dataset, tmp_path / 'one', num_cameras=1, image_size=42, steps=2,
+                           decay_steps=2), progress=False)
+    saved = json.loads((result.checkpoint / 'config.json').read_text())
+    assert saved['num_cameras'] == 1 and saved['vision']['image_size'] == 42
+    policy = Pi0Policy.from_checkpoint(result.checkpoint, 'mock')
+    assert policy.warmup().actions.shape == (policy.action_horizon, 4)
+    assert preset('small', num_cameras=1, image_size=224).vision.image_size == 224
+    with pytest.raises(ValueError, match='image_size=50 must be a positive multiple of the '
+                                         "patch size 14 of preset 'tiny'"):
+        preset('tiny', image_size=50)
+    with pytest.raises(ValueError, match=r'num_cameras \(4\) must be 1, 2 or 3'):
+        _config(dataset, tmp_path / 'x', num_cameras=4)
+    with pytest.raises(ValueError, match='a fine-tuned or resumed run keeps its checkpoint'):
+        _config(dataset, tmp_path / 'x', init_from=result.checkpoint, image_size=42)
+
+
 def test_training_time_rtc(dataset, tmp_path):
     """Leading actions get flow time 0; the checkpoint is marked delay-conditioned."""
     times = delay_conditioned_times(torch.tensor([0.5, 0.9]), torch.tensor([0, 2]), 4)

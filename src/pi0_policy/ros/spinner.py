@@ -13,12 +13,13 @@ destruction was requested").
 ``Spinner`` does the same dispatch through rclpy's public ``wait_for_ready_callbacks``, passes
 every callback exception to ``on_error`` as it happens, and ``shutdown()`` returns only when no
 callback runs any more (the callbacks first, then the executor), so nodes can then be destroyed
-safely. ``spin_once`` is meant to be called from one thread (a spin loop); ``shutdown`` after
-that loop ended.
+safely. Either call ``spin_once`` from one loop of your own and ``shutdown`` after it ended, or
+let ``start()`` run that loop in a thread and ``stop()`` end it.
 """
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+import threading
 
 from rclpy.context import Context
 from rclpy.executors import (ConditionReachedException, Executor, ExternalShutdownException,
@@ -26,6 +27,8 @@ from rclpy.executors import (ConditionReachedException, Executor, ExternalShutdo
 from rclpy.node import Node
 from rclpy.task import Task
 
+# Longest wait of one step of ``start()``'s spin loop: how soon ``stop()`` returns (seconds).
+SPIN_PERIOD_S = 0.05
 # Nothing to run this spin step, or the executor/context is going away: not an error.
 _NO_WORK = (TimeoutException, ShutdownException, ExternalShutdownException,
             ConditionReachedException)
@@ -52,6 +55,8 @@ class Spinner:
         self._executor = Executor(context=context)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix='ros_callbacks')
         self._on_error = on_error
+        self._spinning = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def add_node(self, node: Node) -> None:
         """Serve ``node``'s callbacks."""
@@ -70,6 +75,30 @@ class Spinner:
         error = task.exception()  # read here: rclpy would leave it unread
         if error is not None:
             self._on_error(error)
+
+    def start(self, period_s: float = SPIN_PERIOD_S) -> None:
+        """Spin in a background thread until ``stop()`` (errors of the loop go to on_error)."""
+        if self._thread is not None:
+            raise RuntimeError('Spinner.start: already spinning; call stop() first.')
+        self._spinning.set()
+        self._thread = threading.Thread(target=self._loop, args=(period_s,),
+                                        name='ros_spin', daemon=True)
+        self._thread.start()
+
+    def _loop(self, period_s: float) -> None:
+        while self._spinning.is_set():
+            try:
+                self.spin_once(period_s)
+            except Exception as error:  # noqa: B902 - reported; the loop must go on
+                self._on_error(error)
+
+    def stop(self) -> None:
+        """End the background spin (if any), then ``shutdown()``."""
+        self._spinning.clear()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.shutdown()
 
     def shutdown(self) -> None:
         """Wait until every handed-out callback has finished, then release the executor."""

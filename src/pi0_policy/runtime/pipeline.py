@@ -114,8 +114,10 @@ class Pi0Pipeline:
                 checkpoint's default prompt); None: an empty prompt is an error.
 
         Raises:
-            ValueError: the model is narrower than the unified layout, a camera maps to a slot
-                the model does not have, or an unknown action_mode.
+            ValueError: the model is narrower than the unified layout, cameras share a slot or
+                name one outside MODEL_IMAGE_KEYS, a required camera maps to a slot the model
+                does not have (optional ones there are left unused: ``unused_cameras``), or an
+                unknown action_mode.
 
         """
         self.adapter = adapter
@@ -131,14 +133,26 @@ class Pi0Pipeline:
                 f'Model state/action width ({self.state_dim}/{self.action_dim}) is smaller than '
                 f'the unified width {self.unified_dim} of embodiment {adapter.name!r}; use a '
                 f'model with state_dim and action_dim >= {self.unified_dim}.')
-        slots = [c.model_slot for c in adapter.cameras if c.model_slot is not None]
-        usable = min(self.num_cameras, len(unified.MODEL_IMAGE_KEYS))
-        bad = [s for s in slots if not 0 <= s < usable]
+        slotted = [c for c in adapter.cameras if c.model_slot is not None]
+        slots = [c.model_slot for c in slotted]
+        bad = [s for s in slots if not 0 <= s < len(unified.MODEL_IMAGE_KEYS)]
         if bad or len(set(slots)) != len(slots):
             raise ValueError(
                 f'Embodiment {adapter.name!r} maps cameras to model slots {slots}; expected '
-                f'distinct slots in 0..{usable - 1} for a model with '
-                f'{self.num_cameras} camera slots. Fix model_slot in the robot config.')
+                f'distinct slots in 0..{len(unified.MODEL_IMAGE_KEYS) - 1}. Fix model_slot in '
+                'the robot config.')
+        # A model with fewer slots (e.g. trained on the base camera only) leaves the cameras of
+        # its missing slots unused; a required one there is a config the model cannot serve.
+        beyond = [c for c in slotted if c.model_slot >= self.num_cameras]
+        required = [c.name for c in beyond if c.required]
+        if required:
+            raise ValueError(
+                f'Embodiment {adapter.name!r} requires cameras {required} in model slots '
+                f'{[c.model_slot for c in beyond if c.required]}, but the model has '
+                f'{self.num_cameras} camera slot(s). Use a checkpoint with more camera slots, '
+                'or make those cameras optional (required: false) in the robot config.')
+        # Camera names the model does not use (their images are ignored).
+        self.unused_cameras = tuple(c.name for c in beyond)
         self._cameras = {c.name: c for c in adapter.cameras}
         check_action_mode(action_mode)
         self.action_mode = action_mode

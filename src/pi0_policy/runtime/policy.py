@@ -270,7 +270,7 @@ class Pi0Policy:
             _LOG.info('Norm stats asset %r (%s): %s', normalizer.asset_id, reason,
                       normalizer.source)
             assets.check_known_asset(normalizer.asset_id, adapter, delta_mask)
-            warnings = assets.check_action_statistics(normalizer, adapter, delta_mask)
+            warnings = list(assets.check_action_statistics(normalizer, adapter, delta_mask))
             for warning in warnings:
                 _LOG.warning('Checkpoint %s: %s', path, warning)
             if default_prompt is None:
@@ -299,6 +299,11 @@ class Pi0Policy:
             num_cameras=config.num_cameras, state_dim=config.state_dim,
             action_dim=config.action_dim, action_mode=action_mode,
             default_prompt=default_prompt)
+        if pipeline.unused_cameras:
+            warnings.append(
+                f'The model has {config.num_cameras} camera slot(s): the cameras '
+                f'{list(pipeline.unused_cameras)} of robot {adapter.name!r} are not used.')
+            _LOG.warning('Checkpoint %s: %s', path, warnings[-1])
         _LOG.info('Pi0Policy action_mode=%r: delta dims %s, velocity dims %s.', action_mode,
                   np.flatnonzero(pipeline.delta_mask).tolist(),
                   np.flatnonzero(pipeline.velocity_mask).tolist())

@@ -25,6 +25,7 @@ from pi0_policy.sim.aloha import AlohaSim, AlohaSimConfig, TOP_CAMERA
 from pi0_policy.sim.demonstrations import (
     DEFAULT_IMAGE_HEIGHT, DEFAULT_IMAGE_WIDTH, DEFAULT_PROMPT, ROBOT, robot_state,
     TOP_CAMERA_NAME)
+from pi0_policy.sim.plan import checkpoint_demo_settings
 from pi0_policy.sim.scripted import apply_command, EPISODE_STEPS, held_success, StageReport
 
 # Seeds of evaluation episodes start here: far from the seeds the demonstrations used.
@@ -104,17 +105,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--execute-steps', type=int, default=DEFAULT_EXECUTE_STEPS)
     parser.add_argument('--num-steps', type=int, default=10, help='denoising steps')
     parser.add_argument('--out', type=pathlib.Path, default=None, help='write results JSON')
+    parser.add_argument('--image-height', type=int, default=None,
+                        help="top camera height (default: the checkpoint's demo.json, else "
+                             f'{DEFAULT_IMAGE_HEIGHT})')
+    parser.add_argument('--image-width', type=int, default=None,
+                        help="top camera width (default: the checkpoint's demo.json, else "
+                             f'{DEFAULT_IMAGE_WIDTH})')
     args = parser.parse_args(argv)
     import torch
     torch.set_num_threads(1)
     start = time.perf_counter()
+    # The camera size the checkpoint was trained on (its demo.json), as the demo renders it.
+    sim = checkpoint_demo_settings(args.checkpoint)['sim']
+    image_height = int(args.image_height or sim.get('image_height', DEFAULT_IMAGE_HEIGHT))
+    image_width = int(args.image_width or sim.get('image_width', DEFAULT_IMAGE_WIDTH))
     policy = checkpoint_policy(args.checkpoint, asset_id=args.asset_id,
                                num_steps=args.num_steps)
     report = evaluate(policy, range(args.seed, args.seed + args.episodes),
+                      image_height=image_height, image_width=image_width,
                       execute_steps=args.execute_steps)
     print(report.describe())
     if args.out:
         result = {'checkpoint': args.checkpoint, 'execute_steps': args.execute_steps,
+                  'image_height': image_height, 'image_width': image_width,
                   'first_seed': args.seed, 'wall_s': time.perf_counter() - start,
                   **report.as_dict()}
         args.out.write_text(json.dumps(result, indent=2) + '\n')

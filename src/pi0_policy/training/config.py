@@ -22,18 +22,34 @@ SMALL_TOKEN_LEN = 16
 SMALL_VOCAB = 1024
 
 
-def preset(name: str, *, num_cameras: int = 3, action_dim: int = 32) -> Pi0Config:
+def preset(name: str, *, num_cameras: int = 3, action_dim: int = 32,
+           image_size: int | None = None) -> Pi0Config:
     """
     Return an architecture preset.
 
     Args:
         name: 'tiny' (tests), 'small' (CPU training, 112 px images) or 'full' (published π0).
-        num_cameras: Model camera slots.
+        num_cameras: Model camera slots (the first ones of MODEL_IMAGE_KEYS).
         action_dim: Width of state and action vectors (>= the robot's unified width).
+        image_size: Input image side in pixels, a multiple of the patch size (default: the
+            preset's).
 
     Raises:
-        ValueError: On an unknown name.
+        ValueError: On an unknown name, or an image size that is not a multiple of the patch.
     """
+    config = _preset(name, num_cameras=num_cameras, action_dim=action_dim)
+    if image_size is None:
+        return config
+    patch = config.vision.patch_size
+    if image_size <= 0 or image_size % patch:
+        nearest = patch * max(1, round(image_size / patch))
+        raise ValueError(f'image_size={image_size} must be a positive multiple of the patch '
+                         f'size {patch} of preset {name!r} (e.g. {nearest}).')
+    return dataclasses.replace(config, vision=dataclasses.replace(config.vision,
+                                                                  image_size=image_size))
+
+
+def _preset(name: str, *, num_cameras: int, action_dim: int) -> Pi0Config:
     if name == 'full':
         return dataclasses.replace(Pi0Config.full(num_cameras), action_dim=action_dim,
                                    state_dim=action_dim)
@@ -117,6 +133,9 @@ class TrainConfig:
     rtc_max_delay: int = 0
     # SentencePiece tokenizer file for a model trained from scratch (None: train one).
     tokenizer: pathlib.Path | None = None
+    # Camera slots and image side of a new model (a preset's; ignored with init_from/resume).
+    num_cameras: int = 3
+    image_size: int | None = None
 
     def __post_init__(self) -> None:
         """Check cross-field consistency."""
@@ -135,6 +154,13 @@ class TrainConfig:
                              'frozen at its random values.')
         if self.rtc_max_delay < 0:
             raise ValueError(f'rtc_max_delay ({self.rtc_max_delay}) must be >= 0.')
+        if not 1 <= self.num_cameras <= 3:
+            raise ValueError(f'num_cameras ({self.num_cameras}) must be 1, 2 or 3 (base, left '
+                             'wrist, right wrist slots).')
+        if (self.image_size is not None or self.num_cameras != 3) and (
+                self.init_from is not None or self.resume):
+            raise ValueError('num_cameras and image_size shape a new model; a fine-tuned or '
+                             "resumed run keeps its checkpoint's. Drop them, or train anew.")
         if self.threads < 0:
             raise ValueError(f'threads ({self.threads}) must be >= 0 (0: torch default).')
         if self.save_every <= 0 or self.log_every <= 0:

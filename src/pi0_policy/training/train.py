@@ -32,7 +32,6 @@ import time
 from typing import Any
 
 import embodiment_adapters
-from embodiment_adapters import unified
 import numpy as np
 from pi0_policy.data.reader import DatasetReader
 from pi0_policy.model.checkpoint import CONFIG_FILE, load_pi0
@@ -165,7 +164,8 @@ def _build_model(cfg: TrainConfig, adapter: Any, device: torch.device,
         _LOG.info('Fine-tuning %s (%s layout).', info.weights_path, info.layout)
     else:
         width = max(32, int(adapter.unified_dim))
-        config = preset(cfg.arch, num_cameras=len(unified.MODEL_IMAGE_KEYS), action_dim=width)
+        config = preset(cfg.arch, num_cameras=cfg.num_cameras, action_dim=width,
+                        image_size=cfg.image_size)
         model = init_random(build_empty(config, device=device), seed=cfg.seed)
     if cfg.rtc_max_delay:
         if cfg.rtc_max_delay >= model.config.action_horizon:
@@ -421,6 +421,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, kind, text in FLAG_HELP:
         parser.add_argument('--' + name.replace('_', '-'), type=kind, default=getattr(d, name),
                             help=f'{text} (default: %(default)s)')
+    parser.add_argument('--num-cameras', type=int, default=d.num_cameras, choices=(1, 2, 3),
+                        help='camera slots of a new model: 1 = base camera only (default: 3)')
+    parser.add_argument('--image-size', type=int,
+                        help="image side of a new model in pixels (default: the preset's)")
     parser.add_argument('--rtc-max-delay', type=int, default=d.rtc_max_delay,
                         help='training-time RTC: up to this many leading actions given clean')
     parser.add_argument('--device', default=d.device, help="torch device: 'cpu', 'cuda', 'cuda:N'")

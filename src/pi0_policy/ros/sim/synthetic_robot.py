@@ -79,7 +79,7 @@ class SyntheticRobot(Node):
         for spec in adapter.commands:
             self.create_subscription(MESSAGE_TYPES[CommandType(spec.type)], spec.topic,
                                      self._recorder(self.commands[spec.topic]), DEPTH)
-        self.joint_override: Callable[[str, JointState], JointState] | None = None
+        self.joint_override: Callable[[str, JointState], JointState | None] | None = None
         self.create_timer(1.0 / camera_rate_hz, self._publish_cameras)
         self.create_timer(1.0 / joint_rate_hz, self._publish_joints)
 
@@ -112,8 +112,9 @@ class SyntheticRobot(Node):
             msg = JointState(name=names, position=positions)
             msg.header.stamp = stamp
             if self.joint_override is not None:
-                msg = self.joint_override(topic, msg)
-            self._joint_pubs[topic].publish(msg)
+                msg = self.joint_override(topic, msg)  # None: this message is not sent
+            if msg is not None:
+                self._joint_pubs[topic].publish(msg)
         if self._odom_pub is not None:
             odom = Odometry()
             odom.header.stamp = stamp
