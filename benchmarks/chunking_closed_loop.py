@@ -5,8 +5,9 @@ For every strategy (sync, async, ensemble, rtc) and every injected inference del
 inference by the node's ``inference_delay_s`` parameter), the MuJoCo ALOHA sim node (its own
 process, ``aloha_sim_node``, started once) and the real ``pi0_policy_node`` (in this process; tiny
 random π0 unless ``--checkpoint``) run together over loopback DDS in real time for ``--seconds``.
-The actions the strategy asks for at each control tick (before the safety filter) are recorded
-and reduced to:
+Each cell starts with a new sim episode (the sim's ``reset_episode``: the next cube pose, the
+arms at the start pose), so that no cell inherits the state an earlier one left. The actions the
+strategy asks for at each control tick (before the safety filter) are recorded and reduced to:
 
 - chunk-boundary discontinuity: the jump of the commanded joint positions (rad, max over joints)
   at every tick whose action comes from a newer chunk than the previous tick's; max and RMS;
@@ -19,8 +20,9 @@ and reduced to:
 
 Prints a markdown table and writes ``--out`` (JSON) and ``--plot`` (PNG). With a random model the
 chunks are unrelated to each other, which makes the boundary jumps of naive switching large: it
-measures stitching, not task success. Run: ``python benchmarks/chunking_closed_loop.py
-[--seconds 8] [--delays 0 0.1 0.2 0.3] [--strategies sync async ensemble rtc]``.
+measures stitching, not task success; ``--checkpoint`` runs a trained policy on the cameras it was
+trained on. Run: ``python benchmarks/chunking_closed_loop.py [--seconds 8] [--delays 0 0.1 0.2
+0.3] [--strategies sync async ensemble rtc] [--checkpoint checkpoints/pi0_aloha_sim_small]``.
 """
 
 import argparse
@@ -38,10 +40,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'src'))
 
 import rclpy  # noqa: E402
+from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
 
 from pi0_policy.ros.policy_node import GIL_SWITCH_INTERVAL, PolicyNode  # noqa: E402, I100
 from pi0_policy.ros.spinner import Spinner  # noqa: E402
+from pi0_policy.sim.plan import (  # noqa: E402
+    checkpoint_demo_settings, DEFAULT_PROMPT, SIM_NODE_NAME)
 
 STRATEGIES = ('sync', 'async', 'ensemble', 'rtc')
 DELAYS = (0.0, 0.1, 0.2, 0.3)  # seconds added to every inference
@@ -56,6 +62,7 @@ MAX_AGE_S = 1.0
 CAMERA_RATE_HZ = 5.0
 IMAGE_HW = (120, 160)
 EXECUTOR_THREADS = 4
+SIM_RESET_SERVICE = f'/{SIM_NODE_NAME}/reset_episode'
 MS = 1000.0
 
 
@@ -109,11 +116,28 @@ def metrics(recorder: Recorder, position_dims: np.ndarray, dt: float, seconds: f
     }
 
 
+def reset_sim(node: Node) -> None:
+    """Start the sim's next episode (new cube pose, arms at the start) and wait for the answer."""
+    client = node.create_client(Trigger, SIM_RESET_SERVICE)
+    try:
+        if not client.wait_for_service(timeout_sec=FIRST_CHUNK_TIMEOUT_S):
+            raise RuntimeError(f'{SIM_RESET_SERVICE} did not appear: is the sim node running?')
+        future = client.call_async(Trigger.Request())
+        deadline = time.monotonic() + FIRST_CHUNK_TIMEOUT_S
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not future.done() or not future.result().success:
+            raise RuntimeError(f'{SIM_RESET_SERVICE} did not reset the sim.')
+    finally:
+        node.destroy_client(client)
+
+
 def run_cell(strategy: str, delay: float, seconds: float, checkpoint: str,
-             rate_hz: float) -> dict:
+             rate_hz: float, prompt: str) -> dict:
     """Run the policy node against the running sim for one (strategy, delay); return metrics."""
     node = PolicyNode(parameter_overrides=[
         Parameter('robot', value=ROBOT), Parameter('checkpoint', value=checkpoint),
+        Parameter('prompt', value=prompt),
         Parameter('strategy', value=strategy), Parameter('inference_delay_s', value=delay),
         Parameter('execute_steps', value=EXECUTE_STEPS),
         Parameter('request_remaining', value=EXECUTE_STEPS),
@@ -130,6 +154,7 @@ def run_cell(strategy: str, delay: float, seconds: float, checkpoint: str,
         recorder = Recorder(ctl.executor)
         adapter = ctl.adapter
         position_dims = np.flatnonzero(~np.asarray(adapter.is_velocity, bool))
+        reset_sim(node)  # every cell starts a new episode from the start pose
         node.trigger_activate()
         deadline = time.monotonic() + FIRST_CHUNK_TIMEOUT_S
         while ctl.executor.stats.chunks_received == 0 and time.monotonic() < deadline:
@@ -187,11 +212,17 @@ def plot(results: list[dict], path: pathlib.Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def start_sim(rate_hz: float) -> subprocess.Popen:
-    """Start the ALOHA sim node in its own process (real time, small images, slow cameras)."""
+def start_sim(rate_hz: float, checkpoint: str) -> subprocess.Popen:
+    """
+    Start the ALOHA sim node in its own process, in real time.
+
+    Small images and slow cameras for the random model; a trained checkpoint gets the cameras
+    it was trained on (its ``demo.json``, as the demo renders them).
+    """
     command = [sys.executable, '-m', 'pi0_policy.ros.sim.sim_node']
     params = {'robot': ROBOT, 'camera_rate_hz': CAMERA_RATE_HZ, 'image_height': IMAGE_HW[0],
-              'image_width': IMAGE_HW[1], 'control_rate_hz': rate_hz}
+              'image_width': IMAGE_HW[1], 'control_rate_hz': rate_hz,
+              **checkpoint_demo_settings(checkpoint)['sim']}
     command += ['--ros-args'] + [a for k, v in params.items() for a in ('-p', f'{k}:={v}')]
     env = os.environ.copy()  # the sim runs this checkout's code, as the node does
     env['PYTHONPATH'] = os.pathsep.join([str(ROOT / 'src'), env.get('PYTHONPATH', '')])
@@ -208,17 +239,19 @@ def main(argv: list[str] | None = None) -> None:
                         choices=STRATEGIES)
     parser.add_argument('--checkpoint', default='', help='pi0 checkpoint (default: tiny random)')
     parser.add_argument('--rate', type=float, default=50.0, help='control rate (Hz)')
+    parser.add_argument('--prompt', default=DEFAULT_PROMPT, help='task instruction')
     parser.add_argument('--out', type=pathlib.Path, default=pathlib.Path('closed_loop.json'))
     parser.add_argument('--plot', type=pathlib.Path, default=pathlib.Path('closed_loop.png'))
     args = parser.parse_args(argv)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     rclpy.init()
-    sim = start_sim(args.rate)
+    sim = start_sim(args.rate, args.checkpoint)
     results = []
     try:
         for strategy in args.strategies:
             for delay in args.delays:
-                result = run_cell(strategy, delay, args.seconds, args.checkpoint, args.rate)
+                result = run_cell(strategy, delay, args.seconds, args.checkpoint, args.rate,
+                                  args.prompt)
                 print(f"{strategy:>8} {delay * MS:4.0f} ms: jump max {result['jump_max']:.3f} "
                       f"rms {result['jump_rms']:.3f} rad, jerk rms {result['jerk_rms']:.0f}, "
                       f"pauses {result['pauses']}, {result['rate_hz']:.1f} Hz, "
