@@ -90,6 +90,20 @@ def test_start_and_stop_spin_in_a_thread(context):
     assert not errors, errors
 
 
+def test_the_spin_thread_ends_when_the_context_is_shut_down():
+    context = Context()
+    rclpy.init(context=context)
+    errors: list[BaseException] = []
+    spinner = Spinner(1, errors.append, context=context)
+    spinner.start(SPIN_PERIOD_S)
+    rclpy.shutdown(context=context)
+    thread = spinner._thread
+    thread.join(TIMEOUT_S)
+    assert not thread.is_alive(), 'the spin loop kept running on a shut-down context'
+    spinner.stop()
+    assert not errors, errors
+
+
 def test_threads_must_be_positive():
     with pytest.raises(ValueError, match='threads=0 must be >= 1'):
         Spinner(0, print)

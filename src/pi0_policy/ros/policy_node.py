@@ -224,7 +224,7 @@ class PolicyNode(LifecycleNode):
         ``robot`` is read-only, so a re-configure asks for the same inputs: their subscriptions
         live until the node is destroyed (callbacks drop messages while unconfigured). Destroying
         a subscription while the executor may be taking a message from it makes rclpy 7.1.6 fail
-        that take with "cannot use Destroyable" (a task exception nobody retrieves).
+        that take with "cannot use Destroyable" (``Spinner`` reports it as a callback error).
         """
         if self._input_specs == inputs:
             return

@@ -77,7 +77,11 @@ class Spinner:
             self._on_error(error)
 
     def start(self, period_s: float = SPIN_PERIOD_S) -> None:
-        """Spin in a background thread until ``stop()`` (errors of the loop go to on_error)."""
+        """
+        Spin in a background thread until ``stop()`` or the ROS context is shut down.
+
+        Errors of the loop itself go to ``on_error`` too.
+        """
         if self._thread is not None:
             raise RuntimeError('Spinner.start: already spinning; call stop() first.')
         self._spinning.set()
@@ -86,7 +90,8 @@ class Spinner:
         self._thread.start()
 
     def _loop(self, period_s: float) -> None:
-        while self._spinning.is_set():
+        # Once the context is shut down every wait returns at once: end rather than busy-loop.
+        while self._spinning.is_set() and self._executor.context.ok():
             try:
                 self.spin_once(period_s)
             except Exception as error:  # noqa: B902 - reported; the loop must go on
