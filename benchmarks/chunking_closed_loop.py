@@ -21,8 +21,11 @@ strategy asks for at each control tick (before the safety filter) are recorded a
 Prints a markdown table and writes ``--out`` (JSON) and ``--plot`` (PNG). With a random model the
 chunks are unrelated to each other, which makes the boundary jumps of naive switching large: it
 measures stitching, not task success; ``--checkpoint`` runs a trained policy on the cameras it was
-trained on. Run: ``python benchmarks/chunking_closed_loop.py [--seconds 8] [--delays 0 0.1 0.2
-0.3] [--strategies sync async ensemble rtc] [--checkpoint checkpoints/pi0_aloha_sim_small]``.
+trained on. Task success per strategy and delay, over many episodes on simulated time (the same
+executors, no DDS, independent of this machine's speed): ``python -m pi0_policy.sim.evaluate
+--strategy sync async ensemble rtc --delay 0 0.1 0.2 0.3``. Run: ``python
+benchmarks/chunking_closed_loop.py [--seconds 8] [--delays 0 0.1 0.2 0.3] [--strategies sync async
+ensemble rtc] [--checkpoint checkpoints/pi0_aloha_sim_small]``.
 """
 
 import argparse

@@ -1,13 +1,15 @@
 """The inference engine equals the model: sampling, prefix cache, steps, dtypes, fused weights."""
 
+import argparse
 import io
 
 from conftest import PARITY_FIXTURES
 from pi0_policy import benchmark
 from pi0_policy.engine import compute, gemma as fast_gemma, Pi0Engine
 from pi0_policy.model import ChunkPrior, load_pi0, Pi0Model
-from pi0_policy.model.config import read_fixture_json
+from pi0_policy.model.config import Pi0Config, read_fixture_json
 from pi0_policy.model.gemma import apply_rope, rope_cos_sin
+from pi0_policy.model.pi0 import build_empty
 import pytest
 from safetensors.torch import load_file
 from test_model import BF16_ATOL, chunk, make_inputs, make_model, PATH_ATOL, small_config
@@ -173,6 +175,31 @@ def test_benchmark_reports_stages_and_validates():
     assert result.step_s > 0 and result.total_s > 0
     assert result.peak_bytes >= result.loaded_bytes > 0
     assert result.rtc_total_s > 0
+
+
+def test_benchmark_floor_times_every_linear_layer_of_each_stage():
+    """--floor's products have the shapes of the model's linear layers, and are reported."""
+    config = Pi0Config.tiny(num_cameras=1)
+    model = build_empty(config, device='cpu')
+    counts = {'vision': 0, 'prefix': 0, 'step': 0}
+    owner = {'vision.encoder.': 'vision', 'vlm.layers.': 'prefix', 'expert.layers.': 'step'}
+    for name, param in model.named_parameters():
+        for start, stage in owner.items():
+            if name.startswith(start) and param.dim() == 2:
+                counts[stage] += param.numel()
+    linears = benchmark.stage_linears(config, cameras=2)
+    assert {stage: sum(n * k for n, k in shapes) * depth
+            for stage, (_, shapes, depth) in linears.items()} == counts
+    patches = (config.vision.image_size // config.vision.patch_size) ** 2
+    assert [rows for rows, _, _ in linears.values()] == [
+        2 * patches, 2 * patches + config.max_token_len, 1 + config.action_horizon]
+    result = benchmark.run_benchmark('tiny', cameras=1, dtype='float32', steps=2, repeats=1,
+                                     warmup=0, floor=True)
+    assert set(result.floor_s) == set(benchmark.FLOOR_STAGES)
+    assert all(seconds > 0 for seconds in result.floor_s.values())
+    args = argparse.Namespace(arch='tiny', cameras=1, dtype='float32', device='cpu', steps=2,
+                              repeats=1)
+    assert 'matmul floor total' in benchmark.format_result(result, args)
     with pytest.raises(ValueError, match="policy one of .* got arch='tiny', dtype='float32', "
                                          "policy='fast'"):
         benchmark.run_benchmark('tiny', dtype='float32', policy='fast')

@@ -4,10 +4,15 @@ Latency and memory benchmark of π0 (``pi0-policy benchmark``).
 Builds the tiny or the full architecture with random weights (or loads ``--checkpoint``), then
 times the inference engine (``pi0_policy.engine``) after ``--warmup`` untimed calls, the median
 over ``--repeats`` of: vision + prefix embeddings, the prefix forward (KV cache), one denoising
-step (from a prepared per-observation context, as inside ``sample_actions``), a whole
-``sample_actions`` call and, with ``--rtc``, a whole RTC-guided ``sample_actions`` call (one
-backward pass through the action expert per step). Every stage is printed
-(and flushed) as soon as it is measured, so a slow machine still reports partial numbers.
+step (from a prepared per-observation context, as inside ``sample_actions``; the median of
+``STEP_CALLS`` calls), a whole ``sample_actions`` call and, with ``--rtc``, a whole RTC-guided
+``sample_actions`` call (one backward pass through the action expert per step). Every stage is
+printed (and flushed) as soon as it is measured, so a slow machine still reports partial numbers.
+
+``--floor`` also times the bare matrix products of each stage's linear layers (``torch.mm`` of
+the same shapes, in the compute dtype, on fresh weights: no attention, norms or activations) and
+prints each stage's efficiency (floor / measured): the compute floor of this machine, which bounds
+any implementation of the same model on it, so stages compare across CPUs and implementations.
 
 Defaults depend on the size: tiny runs 1 warm-up and 20 repeats; full runs no warm-up and 1 repeat
 (one full-size ``sample_actions`` takes seconds to minutes on a CPU). The full model is filled with
@@ -34,10 +39,11 @@ import sys
 import time
 from typing import TextIO
 
-from pi0_policy.engine.compute import COMPUTE_POLICIES, describe_compute, POLICY_AUTO
+from pi0_policy.engine.compute import (
+    COMPUTE_POLICIES, describe_compute, POLICY_AUTO, resolve_compute_dtype)
 from pi0_policy.engine.engine import Pi0Engine
 from pi0_policy.model.checkpoint import load_pi0
-from pi0_policy.model.config import Pi0Config
+from pi0_policy.model.config import GemmaConfig, Pi0Config
 from pi0_policy.model.pi0 import build_empty, init_random
 from pi0_policy.model.rtc import ChunkPrior
 import torch
@@ -58,11 +64,19 @@ MS_PER_S = 1e3
 STATM_PATH = '/proc/self/statm'
 LIBC_NAME = 'c'
 STAGES = ('vision', 'prefix', 'step', 'total')
+# Denoising steps timed per pass (the median is the pass's step time: the first one is colder).
+STEP_CALLS = 3
 # Extra stage with --rtc: a guided sample_actions call.
 RTC_STAGE = 'rtc_total'
 # RTC benchmark setting: delay d and execution horizon s as fractions of the horizon H.
 RTC_DELAY_FRACTION = 0.2
 RTC_EXECUTE_FRACTION = 0.5
+# --floor: weight copies per shape span at least this many bytes, so that the products stream
+# their weights from memory as a real forward does (one copy could stay in the CPU's cache).
+FLOOR_MIN_WEIGHT_BYTES = 64 << 20
+FLOOR_REPEATS = 3
+# Stages whose products --floor times (the step: the suffix through the action expert).
+FLOOR_STAGES = ('vision', 'prefix', 'step')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +103,8 @@ class BenchmarkResult:
     compute: str = ''
     # Median time of one RTC-guided sample_actions call (0 without --rtc).
     rtc_total_s: float = 0.0
+    # --floor: per stage of FLOOR_STAGES, seconds of its bare linear-layer products.
+    floor_s: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def _sync(device: torch.device) -> None:
@@ -161,11 +177,64 @@ def make_inputs(config: Pi0Config, cameras: int, device: torch.device,
     return {k: v.to(device) for k, v in inputs.items()}
 
 
+def _gemma_linears(cfg: GemmaConfig) -> list[tuple[int, int]]:
+    """Return the (out, in) weight shapes of one Gemma layer (fused q/k/v and gate/up)."""
+    return [((cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim, cfg.width),
+            (cfg.width, cfg.num_heads * cfg.head_dim), (2 * cfg.mlp_dim, cfg.width),
+            (cfg.width, cfg.mlp_dim)]
+
+
+def stage_linears(config: Pi0Config, cameras: int) -> dict[str, tuple[int, list, int]]:
+    """
+    Return the linear layers of each stage of FLOOR_STAGES.
+
+    Returns:
+        Per stage: (rows M of its products, the (out, in) weight shapes of one layer, layers).
+    """
+    v = config.vision
+    image_tokens = cameras * (v.image_size // v.patch_size) ** 2
+    vision = [(3 * v.width, v.width), (v.width, v.width), (v.mlp_dim, v.width),
+              (v.width, v.mlp_dim)]
+    return {'vision': (image_tokens, vision, v.depth),
+            'prefix': (image_tokens + config.max_token_len, _gemma_linears(config.vlm),
+                       config.vlm.depth),
+            'step': (1 + config.action_horizon, _gemma_linears(config.expert),
+                     config.expert.depth)}
+
+
+def matmul_floor(config: Pi0Config, cameras: int, dtype: torch.dtype,
+                 device: torch.device) -> dict[str, float]:
+    """
+    Time the bare products of each stage's linear layers (see ``--floor``), seconds per stage.
+
+    Each shape is timed (median of FLOOR_REPEATS, after one untimed product) over enough weight
+    copies to span FLOOR_MIN_WEIGHT_BYTES, then counted once per layer.
+    """
+    out = {}
+    for stage, (rows, shapes, depth) in stage_linears(config, cameras).items():
+        total = 0.0
+        for n, k in shapes:
+            size = n * k * torch.finfo(dtype).bits // 8
+            copies = max(1, min(depth, -(-FLOOR_MIN_WEIGHT_BYTES // size)))
+            weights = [torch.randn(n, k, device=device).to(dtype) for _ in range(copies)]
+            x = torch.randn(rows, k, device=device).to(dtype)
+
+            def products(weights=weights, x=x) -> None:
+                for w in weights:
+                    torch.mm(x, w.t())
+            products()
+            seconds = [_timed(products, device)[0] for _ in range(FLOOR_REPEATS)]
+            total += statistics.median(seconds) / copies * depth
+            del weights
+        out[stage] = total
+    return out
+
+
 def run_benchmark(arch: str = 'tiny', cameras: int = 1, dtype: str = 'bfloat16',
                   device: str = 'cpu', steps: int = DEFAULT_STEPS, repeats: int | None = None,
                   checkpoint: str | None = None, compile_step: bool = False, *,
                   warmup: int | None = None, policy: str = POLICY_AUTO, rtc: bool = False,
-                  log: TextIO | None = None) -> BenchmarkResult:
+                  floor: bool = False, log: TextIO | None = None) -> BenchmarkResult:
     """
     Build or load the model and measure it.
 
@@ -181,6 +250,7 @@ def run_benchmark(arch: str = 'tiny', cameras: int = 1, dtype: str = 'bfloat16',
         warmup: Untimed passes first (default per arch: ``DEFAULT_WARMUP``).
         policy: Compute policy ('auto', 'storage', 'float32').
         rtc: Also time an RTC-guided sample_actions call.
+        floor: Also time the bare linear-layer products of each stage (``matmul_floor``).
         log: Stream for progress lines as each stage finishes (None: silent).
 
     Returns:
@@ -234,12 +304,20 @@ def run_benchmark(arch: str = 'tiny', cameras: int = 1, dtype: str = 'bfloat16',
                 times[name] += [seconds] * record
                 say(f'  {tag:<9} {name:<11} {seconds * MS_PER_S:.1f} ms')
     med = {k: statistics.median(v) for k, v in times.items()}
+    floor_s = {}
+    if floor:
+        del engine, model  # the floor's weights take the model's place in memory
+        release_free_memory()
+        floor_s = matmul_floor(config, cameras, resolve_compute_dtype(DTYPES[dtype], dev, policy),
+                               dev)
+        for stage, seconds in floor_s.items():
+            say(f'  [floor]   {stage:<11} {seconds * MS_PER_S:.1f} ms')
     return BenchmarkResult(load_s=load_s, vision_s=med['vision'], prefix_s=med['prefix'],
                            step_s=med['step'], total_s=med['total'],
                            peak_bytes=peak_memory_bytes(dev), num_params=num_params,
                            loaded_bytes=loaded,
                            compute=describe_compute(DTYPES[dtype], dev, policy),
-                           rtc_total_s=med.get(RTC_STAGE, 0.0))
+                           rtc_total_s=med.get(RTC_STAGE, 0.0), floor_s=floor_s)
 
 
 def _one_pass(engine: Pi0Engine, inputs: dict[str, torch.Tensor], steps: int,
@@ -255,7 +333,8 @@ def _one_pass(engine: Pi0Engine, inputs: dict[str, torch.Tensor], steps: int,
     ctx = engine.prepare_denoise(cache, inputs['state'])
     del prefix, cache  # drop this pass's activations before the next measurements
     time_emb = engine.time_embeddings(torch.ones(1, device=dev))
-    t, _ = _timed(functools.partial(engine._step, ctx, inputs['noise'], time_emb), dev)
+    step = functools.partial(engine._step, ctx, inputs['noise'], time_emb)
+    t = statistics.median(_timed(step, dev)[0] for _ in range(STEP_CALLS))
     del ctx
     yield 'step', t
     sample = functools.partial(engine.sample_actions, images, masks, tokens, token_masks,
@@ -289,7 +368,21 @@ def format_result(result: BenchmarkResult, args: argparse.Namespace) -> str:
            f'({result.rtc_total_s / result.total_s:.2f}x)'] if result.rtc_total_s else []),
         f'  resident after load   {result.loaded_bytes / BYTES_PER_GB:.2f} GB',
         f'  peak memory           {result.peak_bytes / BYTES_PER_GB:.2f} GB',
+        *_format_floor(result, args.steps),
     ])
+
+
+def _format_floor(result: BenchmarkResult, steps: int) -> list[str]:
+    """Return the --floor lines: each stage's product floor and efficiency (floor / measured)."""
+    if not result.floor_s:
+        return []
+    measured = {'vision': result.vision_s, 'prefix': result.prefix_s, 'step': result.step_s}
+    floor = result.floor_s
+    total = floor['vision'] + floor['prefix'] + steps * floor['step']
+    lines = [f'  matmul floor {stage:<8} {floor[stage] * MS_PER_S:.1f} ms '
+             f'(efficiency {floor[stage] / measured[stage]:.0%})' for stage in FLOOR_STAGES]
+    return lines + [f'  matmul floor total    {total * MS_PER_S:.1f} ms (vision + prefix + '
+                    f'{steps} steps; sample_actions efficiency {total / result.total_s:.0%})']
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -312,6 +405,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--threads', type=int, default=None, help='torch intra-op threads')
     parser.add_argument('--rtc', action='store_true',
                         help='also time RTC-guided sampling (one backward pass per step)')
+    parser.add_argument('--floor', action='store_true',
+                        help="also time the bare matmuls of each stage's linear layers (this "
+                             "machine's compute floor)")
 
 
 def main_from_args(args: argparse.Namespace) -> int:
@@ -324,6 +420,7 @@ def main_from_args(args: argparse.Namespace) -> int:
           flush=True)
     result = run_benchmark(args.arch, args.cameras, args.dtype, args.device, args.steps,
                            args.repeats, args.checkpoint, args.compile, warmup=args.warmup,
-                           policy=args.policy, rtc=args.rtc, log=sys.stdout)
+                           policy=args.policy, rtc=args.rtc, floor=args.floor,
+                           log=sys.stdout)
     print(format_result(result, args), flush=True)
     return 0
