@@ -113,3 +113,39 @@ def test_table_lists_every_cell(sim, adapter):
     text = evaluate.table([cell])
     assert '| ensemble | 200 | 0% |' in text
     assert cell.as_dict()['delay_s'] == 0.2 and cell.as_dict()['episodes'] == 1
+
+
+def test_main_runs_the_grid_warns_on_an_impossible_rtc_delay_and_writes_json(tmp_path, capsys):
+    import json
+    out = tmp_path / 'grid.json'
+    # Tiny random model, one episode per cell; 0.6 s = 30 ticks > H - s = 25 for RTC.
+    assert evaluate.main(['--episodes', '1', '--strategy', 'sync', 'rtc', '--delay', '0', '0.6',
+                          '--out', str(out)]) == 0
+    captured = capsys.readouterr()
+    assert 'rtc at 0.6 s = 30 ticks breaks d <= s <= H - d' in captured.err
+    assert 'rtc at 0.0 s' not in captured.err
+    assert captured.out.count('| sync |') == 2 and captured.out.count('| rtc |') == 2
+    cells = json.loads(out.read_text())['cells']
+    assert [(c['strategy'], c['delay_s'], c['episodes']) for c in cells] == [
+        ('sync', 0.0, 1), ('sync', 0.6, 1), ('rtc', 0.0, 1), ('rtc', 0.6, 1)]
+    # 30 ticks of delay: sync holds after every chunk, and so does RTC here (d > H - s, the
+    # warning's case); without delay neither pauses.
+    assert [c['pauses'] > 0 for c in cells] == [False, True, False, True]
+    assert all(c['diverged'] in (0, 1) for c in cells)
+
+
+def test_an_episode_whose_physics_diverges_ends_as_a_failure(sim, adapter):
+    policy = ScriptedPolicy(sim)
+
+    def runaway(observation):
+        if policy.calls:  # the second chunk: the arms run away
+            sim._physics.data.qvel[:] = 1e20
+        return policy(observation)
+    execution = ExecutionConfig(strategy='sync', control_rate_hz=RATE_HZ, horizon=HORIZON,
+                                execute_steps=EXECUTE)
+    episode = evaluate.run_episode(sim, runaway, adapter, seed=3, execution=execution,
+                                   steps=STEPS)
+    assert episode.diverged and len(episode.rewards) == EXECUTE
+    # The next episode starts clean.
+    assert not evaluate.run_episode(sim, ScriptedPolicy(sim), adapter, seed=4,
+                                    execution=execution, steps=STEPS).diverged

@@ -16,8 +16,8 @@ from pi0_policy.ros.sim.sim_node import (AlohaSimNode, build_routes, CLOCK_TOPIC
 from pi0_policy.sim import report
 from pi0_policy.sim.aloha import (
     AlohaSim, AlohaSimConfig, ARM_DOF, GripperCalibration, INTERBOTIX_ROS2_GRIPPER,
-    measure_cost, select_headless_gl, SimCost, STATE_JOINT_NAMES, steps_per_frame, TOP_CAMERA,
-    TrajectoryTarget)
+    measure_cost, select_headless_gl, SimCost, SimulationDiverged, STATE_JOINT_NAMES,
+    steps_per_frame, TOP_CAMERA, TrajectoryTarget)
 from PIL import Image as PilImage
 import pytest
 import rclpy
@@ -117,6 +117,16 @@ def test_bad_inputs_raise_with_the_value(sim):
         sim.set_joint_target('left', 'elbow2', 0.0)
     with pytest.raises(ValueError, match='periods >= 1; got 0'):
         sim.step(0)
+
+
+def test_diverged_physics_raises_a_clear_error_and_reset_recovers(sim):
+    sim.reset(1)
+    sim._physics.data.qvel[:] = 1e20  # what a runaway command would cause
+    with pytest.raises(SimulationDiverged, match=r'physics diverged at t=.*reset\(\) starts'):
+        sim.step()
+    sim.reset(2)
+    sim.step()
+    assert sim.time > 0 and np.isfinite(sim.joint_state('left').positions).all()
 
 
 def test_config_and_calibration_errors():
@@ -325,6 +335,33 @@ def test_sim_time_node_publishes_clock_and_waits_for_commands():
         rclpy.try_shutdown(context=context)
     # The control of the bounded-shutdown test below: a healthy sim stops cleanly.
     assert sim.stopped_cleanly
+
+
+def test_sim_node_starts_a_new_episode_when_the_physics_diverges():
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    sim = AlohaSimNode(context=context, parameter_overrides=[
+        Parameter('image_height', value=SMALL['image_height']),
+        Parameter('image_width', value=SMALL['image_width']),
+        Parameter('sim_time', value=True), Parameter('real_time_factor', value=5.0)])
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(sim)
+    try:
+        assert _spin_until(executor, lambda: sim.stats()['steps'] > 5)
+        first = sim.stats()
+        with sim._tick_lock:  # between two steps
+            sim._sim._physics.data.qvel[:] = 1e20
+        assert _spin_until(executor, lambda: sim.stats()['diverged'] == 1)
+        # The node lives on: the next seed's episode, and it keeps stepping.
+        after = sim.stats()
+        assert after['episode'] == first['episode'] + 1
+        assert after['seed'] == first['seed'] + 1
+        assert _spin_until(executor, lambda: sim.stats()['steps'] > after['steps'] + 5)
+        assert sim.stats()['diverged'] == 1
+    finally:
+        executor.shutdown()
+        sim.destroy_node()
+        rclpy.try_shutdown(context=context)
 
 
 def test_sim_node_shutdown_is_bounded_when_a_step_hangs():

@@ -277,6 +277,10 @@ def select_headless_gl(environ: dict[str, str] | None = None,
         "Install one (e.g. 'sudo apt-get install libegl1' or 'libosmesa6') or set MUJOCO_GL.")
 
 
+class SimulationDiverged(RuntimeError):
+    """The physics became invalid (e.g. wild commands); ``AlohaSim.reset`` starts over."""
+
+
 class AlohaSim:
     """
     Two simulated ViperX arms under position control, stepped one control period at a time.
@@ -292,7 +296,9 @@ class AlohaSim:
         select_headless_gl()
         # Imported here so that importing this module neither needs MuJoCo nor fixes MUJOCO_GL.
         from dm_control import mujoco
+        from dm_control.rl.control import PhysicsError
         from gym_aloha import constants
+        self._physics_error = PhysicsError
         self._start_pose = np.asarray(constants.START_ARM_POSE, np.float64)  # (16,)
         self._physics = mujoco.Physics.from_xml_path(
             str(constants.ASSETS_DIR / TASK_SCENES[self._config.task]))
@@ -476,11 +482,19 @@ class AlohaSim:
 
         Raises:
             ValueError: ``periods`` < 1.
+            SimulationDiverged: MuJoCo found the state invalid (non-finite or runaway
+                accelerations); the scene must be ``reset`` before it steps again.
 
         """
         if periods < 1:
             raise ValueError(f'step() needs periods >= 1; got {periods}.')
-        self._physics.step(self._substeps * periods)
+        try:
+            self._physics.step(self._substeps * periods)
+        except self._physics_error as error:
+            raise SimulationDiverged(
+                f'The ALOHA physics diverged at t={self.time:.3f} s ({error}): the commanded '
+                'targets drove the arms into an unstable state. reset() starts a new '
+                'episode.') from error
 
     def joint_state(self, side: str) -> ArmState:
         """

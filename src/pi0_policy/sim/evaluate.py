@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 import json
 import pathlib
+import sys
 import time
 
 import numpy as np
@@ -30,7 +31,7 @@ import numpy as np
 from pi0_policy.model.rtc import DEFAULT_MAX_GUIDANCE_WEIGHT, SCHEDULE_EXP, SCHEDULES
 from pi0_policy.runtime.chunking import available_strategies, make_executor
 from pi0_policy.runtime.config import ExecutionConfig
-from pi0_policy.sim.aloha import AlohaSim, AlohaSimConfig, TOP_CAMERA
+from pi0_policy.sim.aloha import AlohaSim, AlohaSimConfig, SimulationDiverged, TOP_CAMERA
 from pi0_policy.sim.demonstrations import (
     DEFAULT_IMAGE_HEIGHT, DEFAULT_IMAGE_WIDTH, DEFAULT_PROMPT, ROBOT, robot_state,
     TOP_CAMERA_NAME)
@@ -55,6 +56,8 @@ class Episode:
     inferences: int
     # Ticks held waiting for a chunk after the first command (the robot paused).
     pauses: int
+    # The physics diverged (wild commands): the episode ended there, as a failure.
+    diverged: bool = False
 
 
 def delay_ticks(delay: float, control_rate_hz: float) -> int:
@@ -87,6 +90,9 @@ def run_episode(sim: AlohaSim, policy: ChunkPolicy, adapter: object, seed: int,
         steps: Control ticks.
         prompt: The instruction.
 
+    Returns:
+        The episode; one whose physics diverged ends at that step (``diverged``).
+
     Raises:
         ValueError: ``delay`` is negative.
 
@@ -116,7 +122,10 @@ def run_episode(sim: AlohaSim, policy: ChunkPolicy, adapter: object, seed: int,
         else:
             apply_command(sim, action)
             commanded = True
-        sim.step()
+        try:
+            sim.step()
+        except SimulationDiverged:
+            return Episode(tuple(rewards), inferences, pauses, diverged=True)
         rewards.append(sim.reward())
     return Episode(tuple(rewards), inferences, pauses)
 
@@ -130,11 +139,13 @@ class CellResult:
     report: StageReport
     inferences: int
     pauses: int
+    # Episodes whose physics diverged (counted as failures).
+    diverged: int = 0
 
     def as_dict(self) -> dict:
         """Return a JSON-serialisable summary."""
         return {'strategy': self.strategy, 'delay_s': self.delay, 'inferences': self.inferences,
-                'pauses': self.pauses, **self.report.as_dict()}
+                'pauses': self.pauses, 'diverged': self.diverged, **self.report.as_dict()}
 
 
 def evaluate(policy: ChunkPolicy, seeds: Sequence[int], execution: ExecutionConfig, *,
@@ -155,12 +166,14 @@ def evaluate(policy: ChunkPolicy, seeds: Sequence[int], execution: ExecutionConf
             if log:
                 log(f'{execution.strategy} delay {delay:.3f} s seed {seed}: max reward '
                     f'{max(episode.rewards, default=0)}, success held: '
-                    f'{held_success(episode.rewards)}, pauses {episode.pauses}')
+                    f'{held_success(episode.rewards)}, pauses {episode.pauses}'
+                    + (', physics diverged' if episode.diverged else ''))
     finally:
         sim.close()
     return CellResult(execution.strategy, delay,
                       StageReport.from_rewards([e.rewards for e in episodes]),
-                      sum(e.inferences for e in episodes), sum(e.pauses for e in episodes))
+                      sum(e.inferences for e in episodes), sum(e.pauses for e in episodes),
+                      sum(e.diverged for e in episodes))
 
 
 def checkpoint_policy(checkpoint: str | None, *, asset_id: str | None = None, seed: int = 0,
@@ -185,14 +198,14 @@ def checkpoint_policy(checkpoint: str | None, *, asset_id: str | None = None, se
 
 
 def table(cells: Sequence[CellResult]) -> str:
-    """Return a markdown table of the cells: success per stage and pauses."""
-    lines = ['| strategy | delay (ms) | success | held | lifted | touched | pauses/episode |',
-             '|---|---:|---:|---:|---:|---:|---:|']
+    """Return a markdown table of the cells: success per stage, pauses, diverged episodes."""
+    lines = ['| strategy | delay (ms) | success | held | lifted | touched | pauses/episode | '
+             'diverged |', '|---|---:|---:|---:|---:|---:|---:|---:|']
     for cell in cells:
         report, n = cell.report, max(cell.report.episodes, 1)
         lines.append(f'| {cell.strategy} | {cell.delay * 1000:.0f} | {report.success_rate:.0%} '
                      f'| {report.held_rate:.0%} | {report.stage_rate(2):.0%} '
-                     f'| {report.stage_rate(1):.0%} | {cell.pauses / n:.1f} |')
+                     f'| {report.stage_rate(1):.0%} | {cell.pauses / n:.1f} | {cell.diverged} |')
     return '\n'.join(lines)
 
 
@@ -248,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     cells = []
     for strategy in strategies:
         for delay in args.delay:
+            lag = delay_ticks(delay, base.control_rate_hz)
+            if strategy == 'rtc' and not lag <= execute_steps <= horizon - lag:
+                print(f'warning: rtc at {delay} s = {lag} ticks breaks d <= s <= H - d with '
+                      f's = {execute_steps}, H = {horizon}; pass --execute-steps in '
+                      f'[{lag}, {horizon - lag}] to measure RTC as designed.', file=sys.stderr)
             cell = evaluate(policy, seeds, replace(base, strategy=strategy), delay=delay,
                             image_height=image_height, image_width=image_width)
             print(f'{strategy} delay {delay:.3f} s: {cell.report.describe()}')

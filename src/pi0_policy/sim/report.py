@@ -39,7 +39,7 @@ Records = Mapping[str, Sequence[tuple[float, float]]]
 # Counters of the sim node's statistics (pi0_policy.ros.sim.sim_node.AlohaSimNode.stats), reported
 # over the recorded window only (the sim also counts while the pi0 node loads).
 SIM_COUNTERS = ('steps', 'lag_events', 'commands', 'rejected', 'frames', 'lockstep_waits',
-                'lockstep_wait_s', 'sim_time', 'wall_time')
+                'lockstep_wait_s', 'diverged', 'sim_time', 'wall_time')
 
 
 @dataclass
@@ -267,7 +267,9 @@ def log_summary(summary: Mapping[str, Any], log: Callable[[str], None] = print) 
     log(f"  sim: {sim['steps']:.0f} steps = {sim['sim_time']:.1f} s simulated "
         f"({sim['step_rate_hz']:.1f} Hz, real-time factor {sim['real_time_factor']:.2f}), "
         f"render {sim['render_ms_mean']:.1f} ms per image, {sim['lag_events']:.0f} lag events, "
-        f"{sim['lockstep_waits']:.0f} waits for the pi0 node")
+        f"{sim['lockstep_waits']:.0f} waits for the pi0 node"
+        + (f", physics diverged {sim['diverged']:.0f} times (new episode each)"
+           if sim.get('diverged') else ''))
     log(f"  joints moved up to {summary['max_joint_motion_rad']:.3f} rad")
     log(f"  wrote {files['summary']}, {files['plot']}"
         + (f", {files['video']}" if files['video'] else ''))

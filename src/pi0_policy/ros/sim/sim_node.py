@@ -42,8 +42,8 @@ import numpy as np
 from pi0_policy.ros import conversions
 from pi0_policy.ros.params import ParamSpec
 from pi0_policy.ros.process import exit_with_parent_if_asked
-from pi0_policy.sim.aloha import (AlohaSim, AlohaSimConfig, SIDES, steps_per_frame, TASK_SCENES,
-                                  TrajectoryTarget)
+from pi0_policy.sim.aloha import (AlohaSim, AlohaSimConfig, SIDES, SimulationDiverged,
+                                  steps_per_frame, TASK_SCENES, TrajectoryTarget)
 import rclpy
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException
@@ -275,7 +275,7 @@ class AlohaSimNode(Node):
         # Route index -> (step count, wall time) when its last command arrived.
         self._last_command: dict[int, tuple[int, float]] = {}
         self._stats = {'steps': 0, 'lag_events': 0, 'commands': 0, 'rejected': 0, 'frames': 0,
-                       'lockstep_waits': 0, 'lockstep_wait_s': 0.0}
+                       'lockstep_waits': 0, 'lockstep_wait_s': 0.0, 'diverged': 0}
         self._render_ms: deque[float] = deque(maxlen=RENDER_WINDOW)
         sides = dict(self._config.arm_prefixes)
         self._state_pubs = [
@@ -520,7 +520,15 @@ class AlohaSimNode(Node):
             for route, sample in zip(self._routes, samples):
                 for (side, joint), value in zip(route.joints, sample):
                     self._sim.set_joint_target(side, joint, value)
-            self._sim.step()
+            try:
+                self._sim.step()
+            except SimulationDiverged as error:
+                # Wild commands made MuJoCo's state invalid: a new episode from the start pose
+                # (the commands of the failed one are dropped), never a dead sim.
+                self.get_logger().error(f'{error} Starting {self._next_episode()}.')
+                with self._lock:
+                    self._stats['diverged'] += 1
+                continue
             reward = self._sim.reward()
             self._reward_pub.publish(Int32(data=reward))
             with self._lock:
@@ -537,8 +545,18 @@ class AlohaSimNode(Node):
 
     def _reset_episode(self, request: Trigger.Request, response: Trigger.Response
                        ) -> Trigger.Response:
-        """Start the next episode: the next seed's cube pose, arms and targets at the start."""
-        with self._tick_lock, self._target_lock:
+        """Start the next episode (service ``reset_episode``)."""
+        with self._tick_lock:
+            response.success, response.message = True, self._next_episode()
+        return response
+
+    def _next_episode(self) -> str:
+        """
+        Start the next episode: the next seed's cube pose, arms and targets at the start.
+
+        The caller holds ``_tick_lock`` (no step runs meanwhile). Returns 'episode N, seed S'.
+        """
+        with self._target_lock:
             episode = self._episode['episode'] + 1
             seed = self._config.sim.seed + episode
             self._sim.reset(seed)
@@ -548,8 +566,7 @@ class AlohaSimNode(Node):
             with self._lock:
                 self._episode = {'episode': episode, 'seed': seed, 'reward': 0,
                                  'max_reward': 0, 'episode_steps': 0}
-        response.success, response.message = True, f'episode {episode}, seed {seed}'
-        return response
+        return f'episode {episode}, seed {seed}'
 
     def _publish_state(self) -> None:
         """Publish each arm's JointState stamped with the simulation's time."""
