@@ -7,7 +7,9 @@ ros2_control: one ``sensor_msgs/JointState`` per arm (waist ... wrist_rotate, gr
 left_finger, right_finger), ``sensor_msgs/Image`` (rgb8) per camera, and it accepts
 ``trajectory_msgs/JointTrajectory`` (interpolated by ``time_from_start``, like a
 joint_trajectory_controller) and ``std_msgs/Float64MultiArray`` (applied at once, like a
-forward_command_controller). The last command is held when commands stop.
+forward_command_controller). The last command is held when commands stop. Commands that drive
+MuJoCo into an invalid state (a diverged physics) start the next episode, logged as an error and
+counted (``diverged`` in the statistics), instead of stopping the sim.
 
 Time (parameter ``sim_time``; every other node must set ``use_sim_time`` to the same value):
 
