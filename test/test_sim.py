@@ -294,16 +294,20 @@ def test_config_from_values_defaults_and_errors():
         config_from_values({'camera_map': 'cam_nose=top'})
 
 
+def _sim_time_node(*extra: Parameter) -> tuple[rclpy.Context, AlohaSimNode]:
+    """Return a new context and a small-image sim node on simulated time (5x real time)."""
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    return context, AlohaSimNode(context=context, parameter_overrides=[
+        Parameter('image_height', value=SMALL['image_height']),
+        Parameter('image_width', value=SMALL['image_width']),
+        Parameter('sim_time', value=True), Parameter('real_time_factor', value=5.0), *extra])
+
+
 def test_sim_time_node_publishes_clock_and_waits_for_commands():
     """On simulated time the sim runs freely until commands come, then keeps lockstep."""
     robot = load_robot_config('aloha')
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    sim = AlohaSimNode(context=context, parameter_overrides=[
-        Parameter('image_height', value=SMALL['image_height']),
-        Parameter('image_width', value=SMALL['image_width']),
-        Parameter('sim_time', value=True), Parameter('real_time_factor', value=5.0),
-        Parameter('lockstep_lead', value=0.02)])
+    context, sim = _sim_time_node(Parameter('lockstep_lead', value=0.02))
     probe = rclpy.create_node('sim_time_probe', context=context)
     clocks: list[int] = []
     probe.create_subscription(ClockMsg, CLOCK_TOPIC, lambda m: clocks.append(
@@ -338,12 +342,7 @@ def test_sim_time_node_publishes_clock_and_waits_for_commands():
 
 
 def test_sim_node_starts_a_new_episode_when_the_physics_diverges():
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    sim = AlohaSimNode(context=context, parameter_overrides=[
-        Parameter('image_height', value=SMALL['image_height']),
-        Parameter('image_width', value=SMALL['image_width']),
-        Parameter('sim_time', value=True), Parameter('real_time_factor', value=5.0)])
+    context, sim = _sim_time_node()
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(sim)
     try:
@@ -367,12 +366,7 @@ def test_sim_node_starts_a_new_episode_when_the_physics_diverges():
 def test_sim_node_shutdown_is_bounded_when_a_step_hangs():
     # A step that never returns (here: its lock held by another thread) used to make
     # destroy_node join forever, and launch SIGKILLed the sim. Now each wait is bounded.
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    sim = AlohaSimNode(context=context, parameter_overrides=[
-        Parameter('image_height', value=SMALL['image_height']),
-        Parameter('image_width', value=SMALL['image_width']),
-        Parameter('sim_time', value=True), Parameter('real_time_factor', value=5.0)])
+    context, sim = _sim_time_node()
     hang = threading.Event()
     held = threading.Event()
 
