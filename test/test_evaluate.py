@@ -149,3 +149,10 @@ def test_an_episode_whose_physics_diverges_ends_as_a_failure(sim, adapter):
     # The next episode starts clean.
     assert not evaluate.run_episode(sim, ScriptedPolicy(sim), adapter, seed=4,
                                     execution=execution, steps=STEPS).diverged
+
+
+def test_main_refuses_a_negative_delay_with_the_usage_message(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(['--delay', '-0.1'])
+    assert exit_info.value.code == 2
+    assert 'finite number of seconds >= 0; got -0.1' in capsys.readouterr().err

@@ -209,6 +209,16 @@ def table(cells: Sequence[CellResult]) -> str:
     return '\n'.join(lines)
 
 
+def _seconds(text: str) -> float:
+    """Parse a --delay value (seconds >= 0) or fail with argparse's usage message."""
+    try:
+        value = float(text)
+        delay_ticks(value, 1.0)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Evaluate a checkpoint per strategy and delay; print (and optionally write) the stages."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
@@ -220,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--strategy', nargs='+', choices=available_strategies(), default=None,
                         help="chunk strategies (default: the checkpoint's demo.json, else "
                              f'{DEFAULT_STRATEGY})')
-    parser.add_argument('--delay', nargs='+', type=float, default=[0.0],
+    parser.add_argument('--delay', nargs='+', type=_seconds, default=[0.0],
                         help='inference delays in seconds of simulated time (default 0)')
     parser.add_argument('--execute-steps', type=int, default=None,
                         help="sync/rtc execution horizon (default: the checkpoint's demo.json, "
