@@ -122,7 +122,8 @@ def test_main_runs_the_grid_warns_on_an_impossible_rtc_delay_and_writes_json(tmp
     assert evaluate.main(['--episodes', '1', '--strategy', 'sync', 'rtc', '--delay', '0', '0.6',
                           '--out', str(out)]) == 0
     captured = capsys.readouterr()
-    assert 'rtc at 0.6 s = 30 ticks breaks d <= s <= H - d' in captured.err
+    assert ('rtc at 0.6 s: RTC needs d <= s <= H - d, but the estimated inference delay is '
+            'd=30 chunk steps with execute_steps s=25 and horizon H=50') in captured.err
     assert 'rtc at 0.0 s' not in captured.err
     assert captured.out.count('| sync |') == 2 and captured.out.count('| rtc |') == 2
     cells = json.loads(out.read_text())['cells']

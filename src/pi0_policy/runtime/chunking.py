@@ -310,15 +310,27 @@ class RtcExecutor(AsyncExecutor):
         Args:
             horizon: The chunk length H.
         """
-        d = self._latency.steps(self._chunk_rate)
-        s = self._config.execute_steps
-        if d <= s <= horizon - d:
-            return None
-        return (f'RTC needs d <= s <= H - d, but the estimated inference delay is d={d} chunk '
-                f'steps with execute_steps s={s} and horizon H={horizon}: '
-                + (f'set execute_steps to a value in [{d}, {horizon - d}].' if 2 * d <= horizon
-                   else f'a delay above H/2={horizon // 2} steps is too slow for RTC; use a '
-                        'faster device or model, or the sync strategy.'))
+        return rtc_delay_problem(self._latency.steps(self._chunk_rate),
+                                 self._config.execute_steps, horizon)
+
+
+def rtc_delay_problem(delay: int, execute_steps: int, horizon: int) -> str | None:
+    """
+    Return why an inference delay breaks RTC's ``d <= s <= H - d``, or None if it holds.
+
+    Args:
+        delay: The inference delay d in chunk steps.
+        execute_steps: The execution horizon s.
+        horizon: The chunk length H.
+    """
+    d, s = delay, execute_steps
+    if d <= s <= horizon - d:
+        return None
+    return (f'RTC needs d <= s <= H - d, but the estimated inference delay is d={d} chunk '
+            f'steps with execute_steps s={s} and horizon H={horizon}: '
+            + (f'set execute_steps to a value in [{d}, {horizon - d}].' if 2 * d <= horizon
+               else f'a delay above H/2={horizon // 2} steps is too slow for RTC; use a '
+                    'faster device or model, or the sync strategy.'))
 
 
 def make_executor(config: ExecutionConfig) -> ChunkExecutor:

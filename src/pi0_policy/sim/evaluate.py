@@ -29,7 +29,8 @@ import time
 import numpy as np
 
 from pi0_policy.model.rtc import DEFAULT_MAX_GUIDANCE_WEIGHT, SCHEDULE_EXP, SCHEDULES
-from pi0_policy.runtime.chunking import available_strategies, make_executor
+from pi0_policy.runtime.chunking import (
+    available_strategies, make_executor, rtc_delay_problem)
 from pi0_policy.runtime.config import ExecutionConfig
 from pi0_policy.sim.aloha import AlohaSim, AlohaSimConfig, SimulationDiverged, TOP_CAMERA
 from pi0_policy.sim.demonstrations import (
@@ -271,11 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     cells = []
     for strategy in strategies:
         for delay in args.delay:
-            lag = delay_ticks(delay, base.control_rate_hz)
-            if strategy == 'rtc' and not lag <= execute_steps <= horizon - lag:
-                print(f'warning: rtc at {delay} s = {lag} ticks breaks d <= s <= H - d with '
-                      f's = {execute_steps}, H = {horizon}; pass --execute-steps in '
-                      f'[{lag}, {horizon - lag}] to measure RTC as designed.', file=sys.stderr)
+            problem = rtc_delay_problem(delay_ticks(delay, base.control_rate_hz),
+                                        execute_steps, horizon)
+            if strategy == 'rtc' and problem:
+                print(f'warning: rtc at {delay} s: {problem}', file=sys.stderr)
             cell = evaluate(policy, seeds, replace(base, strategy=strategy), delay=delay,
                             image_height=image_height, image_width=image_width)
             print(f'{strategy} delay {delay:.3f} s: {cell.report.describe()}')
