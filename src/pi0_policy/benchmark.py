@@ -225,7 +225,6 @@ def matmul_floor(config: Pi0Config, cameras: int, dtype: torch.dtype,
             products()
             seconds = [_timed(products, device)[0] for _ in range(FLOOR_REPEATS)]
             total += statistics.median(seconds) / copies * depth
-            del weights
         out[stage] = total
     return out
 

@@ -61,9 +61,9 @@ class Episode:
     diverged: bool = False
 
 
-def delay_ticks(delay: float, control_rate_hz: float) -> int:
+def check_delay(delay: float) -> float:
     """
-    Return an inference delay in whole control ticks (rounded to the nearest).
+    Return ``delay`` if it is an inference delay in seconds (finite, >= 0).
 
     Raises:
         ValueError: ``delay`` is negative or not finite.
@@ -72,7 +72,18 @@ def delay_ticks(delay: float, control_rate_hz: float) -> int:
     if not (np.isfinite(delay) and delay >= 0):
         raise ValueError(f'The inference delay must be a finite number of seconds >= 0; got '
                          f'{delay!r}.')
-    return int(round(delay * control_rate_hz))
+    return delay
+
+
+def delay_ticks(delay: float, control_rate_hz: float) -> int:
+    """
+    Return an inference delay in whole control ticks (rounded to the nearest).
+
+    Raises:
+        ValueError: ``delay`` is negative or not finite.
+
+    """
+    return int(round(check_delay(delay) * control_rate_hz))
 
 
 def run_episode(sim: AlohaSim, policy: ChunkPolicy, adapter: object, seed: int,
@@ -149,28 +160,21 @@ class CellResult:
                 'pauses': self.pauses, 'diverged': self.diverged, **self.report.as_dict()}
 
 
-def evaluate(policy: ChunkPolicy, seeds: Sequence[int], execution: ExecutionConfig, *,
-             delay: float = 0.0, image_height: int = DEFAULT_IMAGE_HEIGHT,
-             image_width: int = DEFAULT_IMAGE_WIDTH, steps: int = EPISODE_STEPS,
-             prompt: str = DEFAULT_PROMPT,
+def evaluate(policy: ChunkPolicy, seeds: Sequence[int], execution: ExecutionConfig,
+             sim: AlohaSim, adapter: object, *, delay: float = 0.0,
+             steps: int = EPISODE_STEPS, prompt: str = DEFAULT_PROMPT,
              log: Callable[[str], None] | None = print) -> CellResult:
-    """Run one episode per seed with one strategy and delay; return the stages reached."""
-    from embodiment_adapters import load_adapter
-    adapter = load_adapter(ROBOT)
-    sim = AlohaSim(AlohaSimConfig(image_height=image_height, image_width=image_width))
+    """Run one episode per seed with one strategy and delay in ``sim``; return the stages."""
     episodes = []
-    try:
-        for seed in seeds:
-            episode = run_episode(sim, policy, adapter, seed, execution, delay=delay,
-                                  steps=steps, prompt=prompt)
-            episodes.append(episode)
-            if log:
-                log(f'{execution.strategy} delay {delay:.3f} s seed {seed}: max reward '
-                    f'{max(episode.rewards, default=0)}, success held: '
-                    f'{held_success(episode.rewards)}, pauses {episode.pauses}'
-                    + (', physics diverged' if episode.diverged else ''))
-    finally:
-        sim.close()
+    for seed in seeds:
+        episode = run_episode(sim, policy, adapter, seed, execution, delay=delay, steps=steps,
+                              prompt=prompt)
+        episodes.append(episode)
+        if log:
+            log(f'{execution.strategy} delay {delay:.3f} s seed {seed}: max reward '
+                f'{max(episode.rewards, default=0)}, success held: '
+                f'{held_success(episode.rewards)}, pauses {episode.pauses}'
+                + (', physics diverged' if episode.diverged else ''))
     return CellResult(execution.strategy, delay,
                       StageReport.from_rewards([e.rewards for e in episodes]),
                       sum(e.inferences for e in episodes), sum(e.pauses for e in episodes),
@@ -213,11 +217,9 @@ def table(cells: Sequence[CellResult]) -> str:
 def _seconds(text: str) -> float:
     """Parse a --delay value (seconds >= 0) or fail with argparse's usage message."""
     try:
-        value = float(text)
-        delay_ticks(value, 1.0)
+        return check_delay(float(text))
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,9 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     # The camera size and execution the checkpoint was evaluated with (its demo.json).
     demo = checkpoint_demo_settings(args.checkpoint)
-    sim, settings = demo['sim'], demo['policy']
-    image_height = int(args.image_height or sim.get('image_height', DEFAULT_IMAGE_HEIGHT))
-    image_width = int(args.image_width or sim.get('image_width', DEFAULT_IMAGE_WIDTH))
+    sim_settings, settings = demo['sim'], demo['policy']
+    image_height = int(args.image_height or sim_settings.get('image_height', DEFAULT_IMAGE_HEIGHT))
+    image_width = int(args.image_width or sim_settings.get('image_width', DEFAULT_IMAGE_WIDTH))
     strategies = args.strategy or [settings.get('strategy', DEFAULT_STRATEGY)]
     execute_steps = int(args.execute_steps or settings.get('execute_steps',
                                                            DEFAULT_EXECUTE_STEPS))
@@ -264,22 +266,26 @@ def main(argv: list[str] | None = None) -> int:
         args.checkpoint, asset_id=args.asset_id, num_steps=args.num_steps,
         rtc_schedule=args.rtc_schedule, rtc_max_guidance_weight=args.rtc_max_guidance_weight)
     from embodiment_adapters import load_adapter
+    adapter = load_adapter(ROBOT)
     base = ExecutionConfig(strategy=DEFAULT_STRATEGY,
-                           control_rate_hz=load_adapter(ROBOT).config.control_rate_hz,
-                           horizon=horizon, execute_steps=execute_steps,
-                           request_remaining=execute_steps)
+                           control_rate_hz=adapter.config.control_rate_hz, horizon=horizon,
+                           execute_steps=execute_steps, request_remaining=execute_steps)
     seeds = range(args.seed, args.seed + args.episodes)
     cells = []
-    for strategy in strategies:
-        for delay in args.delay:
-            problem = rtc_delay_problem(delay_ticks(delay, base.control_rate_hz),
-                                        execute_steps, horizon)
-            if strategy == 'rtc' and problem:
-                print(f'warning: rtc at {delay} s: {problem}', file=sys.stderr)
-            cell = evaluate(policy, seeds, replace(base, strategy=strategy), delay=delay,
-                            image_height=image_height, image_width=image_width)
-            print(f'{strategy} delay {delay:.3f} s: {cell.report.describe()}')
-            cells.append(cell)
+    sim = AlohaSim(AlohaSimConfig(image_height=image_height, image_width=image_width))
+    try:
+        for strategy in strategies:
+            for delay in args.delay:
+                problem = rtc_delay_problem(delay_ticks(delay, base.control_rate_hz),
+                                            execute_steps, horizon)
+                if strategy == 'rtc' and problem:
+                    print(f'warning: rtc at {delay} s: {problem}', file=sys.stderr)
+                cell = evaluate(policy, seeds, replace(base, strategy=strategy), sim, adapter,
+                                delay=delay)
+                print(f'{strategy} delay {delay:.3f} s: {cell.report.describe()}')
+                cells.append(cell)
+    finally:
+        sim.close()
     print(table(cells))
     if args.out:
         result = {'checkpoint': args.checkpoint, 'execute_steps': execute_steps,
