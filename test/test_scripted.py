@@ -7,8 +7,9 @@ import numpy as np
 from pi0_policy.data.reader import DatasetReader
 from pi0_policy.data.writer import DatasetWriter
 from pi0_policy.sim import demonstrations, scripted
-from pi0_policy.sim.aloha import (AlohaSim, AlohaSimConfig, CUBE_GEOM, LEFT_GRIPPER_FINGER_GEOM,
-                                  RIGHT_GRIPPER_FINGER_GEOM, TABLE_GEOM, transfer_cube_stage)
+from pi0_policy.sim.aloha import (AlohaSim, AlohaSimConfig, ARM_JOINT_NAMES, CUBE_GEOM,
+                                  LEFT_GRIPPER_FINGER_GEOM, RIGHT_GRIPPER_FINGER_GEOM, TABLE_GEOM,
+                                  transfer_cube_stage)
 import pytest
 
 # A cube pose the scripted controller solves (seeds differ only in the cube pose).
@@ -93,6 +94,23 @@ def test_scripted_controller_transfers_the_cube(sim):
     assert scripted.held_success(rewards)
     # Stages come in order: the right arm lifts the cube before the left arm holds it.
     assert rewards.index(2) < rewards.index(4)
+
+
+# A cube pose whose plan, without the wrist roll spring, turned the right forearm to -3 rad.
+DRIFT_SEED = 20001
+
+
+def test_wrist_roll_joints_stay_near_the_start_pose():
+    scene = scripted.EndEffectorScene()
+    try:
+        episode = scripted.plan_transfer_cube(DRIFT_SEED, scene=scene)
+    finally:
+        scene.close()
+    assert episode.planned_reward == 4
+    rolls = [ARM_JOINT_NAMES.index(name) for name in scripted.WRIST_ROLL_JOINTS]
+    for arm in (episode.left_arm, episode.right_arm):
+        # Within 0.5 rad of the start pose (0 rad); 3 rad without the spring.
+        assert np.abs(arm[:, rolls]).max() < 0.5
 
 
 def test_recorded_episodes_go_into_a_lerobot_dataset(tmp_path):
