@@ -26,8 +26,8 @@ import math
 import numpy as np
 
 from pi0_policy.sim.aloha import (
-    AlohaSim, ARM_DOF, GripperCalibration, INTERBOTIX_ROS2_GRIPPER, SCENE_ARM_PREFIX,
-    select_headless_gl, SIDES, task_reward, TRANSFER_CUBE_MAX_REWARD)
+    AlohaSim, ARM_DOF, ARM_JOINT_NAMES, GripperCalibration, INTERBOTIX_ROS2_GRIPPER,
+    SCENE_ARM_PREFIX, select_headless_gl, SIDES, task_reward, TRANSFER_CUBE_MAX_REWARD)
 
 # Control periods of one episode (gym-aloha: 400 steps of 0.02 s = 8 s).
 EPISODE_STEPS = 400
@@ -59,11 +59,11 @@ LEFT_PICK_STEP = 260
 # Joints of one arm in the scenes' qpos: 6 arm joints, then the two fingers.
 ARM_QPOS = 8
 # The two wrist roll joints of each arm, and the stiffness (N m / rad) of a spring that holds them
-# at the start pose (0 rad) in the end-effector scene. Near a level wrist their axes line up, so
-# only their sum is fixed by the mocap: without the spring the weld drifts them in opposite
-# directions, to +-3 rad in some episodes (measured over seeds 20000-20009), a motion the camera
-# cannot predict, which swamped the demonstrations' loss. With it they stay within 0.25 rad and
-# more plans succeed (98.6 % of 210 against 90-95 %).
+# at the start pose (gym-aloha's START_ARM_POSE) in the end-effector scene. Near a level wrist
+# their axes line up, so only their sum is fixed by the mocap: without the spring the weld drifts
+# them in opposite directions, to +-3 rad in some episodes (measured over seeds 20000-20009), a
+# motion the camera cannot predict, which swamped the demonstrations' loss. With it they stay
+# within 0.25 rad and more plans succeed (98.6 % of 210 against 90-95 %).
 WRIST_ROLL_JOINTS = ('forearm_roll', 'wrist_rotate')
 WRIST_ROLL_STIFFNESS = 20.0
 
@@ -274,11 +274,12 @@ class EndEffectorScene:
         self._finger_low = float(model.actuator_ctrlrange[0, 0])
         self._finger_high = float(model.actuator_ctrlrange[0, 1])
         self._cube_qpos = int(model.jnt_qposadr[model.name2id(CUBE_JOINT, 'joint')])
-        for side in SIDES:
+        for index, side in enumerate(SIDES):
             for name in WRIST_ROLL_JOINTS:
                 joint = model.name2id(SCENE_ARM_PREFIX.format(side=side) + name, 'joint')
                 model.jnt_stiffness[joint] = WRIST_ROLL_STIFFNESS
-                model.qpos_spring[model.jnt_qposadr[joint]] = 0.0
+                model.qpos_spring[model.jnt_qposadr[joint]] = constants.START_ARM_POSE[
+                    index * ARM_QPOS + ARM_JOINT_NAMES.index(name)]
 
     def reset(self, cube_pose: np.ndarray) -> dict[str, Waypoint]:
         """
