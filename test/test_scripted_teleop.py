@@ -3,6 +3,8 @@
 import json
 import time
 
+from gym_aloha.constants import START_ARM_POSE
+import numpy as np
 from pi0_policy.ros.recorder_node import RecorderNode
 from pi0_policy.ros.sim.scripted_teleop import ScriptedTeleopNode
 from pi0_policy.ros.sim.sim_node import AlohaSimNode
@@ -10,6 +12,7 @@ from pi0_policy.sim.scripted import EPISODE_STEPS, held_success
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Int32
 from std_srvs.srv import Trigger
 
@@ -17,6 +20,9 @@ from std_srvs.srv import Trigger
 SEED = 1000
 EPISODE_TIMEOUT = 240.0  # wall seconds; simulated time waits for the commands
 SPIN_TIMEOUT = 10.0
+# The right arm's six joints at gym-aloha's start pose (its qpos: left arm, fingers, right arm).
+RIGHT_START = START_ARM_POSE[8:14]
+CAMERA_TOPIC = '/camera_high/camera/color/image_rect_raw'
 
 
 def test_scripted_teleop_transfers_the_cube_and_is_recorded(tmp_path):
@@ -40,6 +46,11 @@ def test_scripted_teleop_transfers_the_cube_and_is_recorded(tmp_path):
         listener.create_subscription(Int32, '/aloha_sim/reward',
                                      lambda msg: rewards.append(msg.data), 1000)
         reset = listener.create_client(Trigger, '/aloha_sim/reset_episode')
+        states: list[JointState] = []
+        images: list[Image] = []
+        listener.create_subscription(JointState, '/follower_right/joint_states', states.append,
+                                     1000)
+        listener.create_subscription(Image, CAMERA_TOPIC, images.append, 1000)
         executor = SingleThreadedExecutor(context=context)
         for node in (sim, teleop, listener, recorder):
             executor.add_node(node)
@@ -66,6 +77,15 @@ def test_scripted_teleop_transfers_the_cube_and_is_recorded(tmp_path):
         assert f'seed {SEED + 1}' in future.result().message
         stats = sim.stats()
         assert (stats['episode'], stats['seed'], stats['max_reward']) == (1, SEED + 1, 0)
+        # The reset published the new episode's first observation although the sim does not
+        # step without commands (lockstep): the arm at the start pose, a fresh image.
+        deadline = time.monotonic() + SPIN_TIMEOUT
+        while time.monotonic() < deadline and not (
+                states and np.allclose(states[-1].position[:6], RIGHT_START, atol=1e-6)):
+            executor.spin_once(timeout_sec=0.1)
+        np.testing.assert_allclose(states[-1].position[:6], RIGHT_START, atol=1e-6)
+        assert sim.stats()['steps'] == stats['steps']  # no step since the reset
+        assert images and images[-1].header.stamp == states[-1].header.stamp
     finally:
         for node in (teleop, recorder, sim):
             if node is not None:

@@ -224,14 +224,39 @@ def test_disable_holds_once_and_enable_starts_from_a_new_chunk(parts, policy):
     assert len(run.published) == count + 1  # one final hold, then nothing
     assert np.array_equal(run.published[-1], last)
     assert run.status.state == NodeState.DISABLED and not run.session.commanded
+    # Moved while disabled (by hand, a leader arm, a sim reset): far from the last command.
+    run.positions = run.positions + np.array([0.5, -0.4, 0.3, 0.0])
     run.session.set_enabled(True)
     run.step()
-    # The chunk planned before the disable is gone: hold at the measured pose, ask again.
+    # The chunk planned before the disable is gone: hold at the measured pose (not at the last
+    # command before the disable), ask again.
     assert run.status.state == NodeState.WAITING and run.session.in_flight
     assert np.allclose(run.published[-1], run.positions)
     run.session.infer_once()
     run.step()
     assert run.status.state == NodeState.RUNNING and run.session.sequence == 2
+    step = np.array(run.adapter.max_velocity) * run.executor.config.dt
+    assert np.all(np.abs(run.published[-1] - run.positions) <= step + 1e-9)
+
+
+def test_an_enable_right_after_a_disable_starts_from_the_measured_pose(parts, policy):
+    """No tick between disable and enable (services back to back, e.g. around a sim reset)."""
+    run = Run(parts, policy)
+    run.feed()
+    run.session.tick()
+    run.session.infer_once()
+    run.step()
+    run.session.set_enabled(False)
+    run.positions = run.positions + np.array([0.5, -0.4, 0.3, 0.0])  # the sim reset moved it
+    run.session.set_enabled(True)
+    run.step()
+    # Not the last command before the disable: that would pull the robot back where it was.
+    assert run.status.state == NodeState.WAITING
+    assert np.allclose(run.published[-1], run.positions)
+    run.session.infer_once()
+    run.step()
+    step = np.array(run.adapter.max_velocity) * run.executor.config.dt
+    assert np.all(np.abs(run.published[-1] - run.positions) <= step + 1e-9)
 
 
 def test_an_unrecoverable_inference_failure_is_an_error(parts, policy):

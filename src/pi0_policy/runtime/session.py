@@ -161,10 +161,20 @@ class Session:
             self._wake = wake
 
     def set_enabled(self, enabled: bool) -> None:
-        """Enable or disable commands; the plan (and any chunk being inferred) is dropped."""
+        """
+        Enable or disable commands; the plan (and any chunk being inferred) is dropped.
+
+        Enabling a disabled node re-anchors the safety filter on the measured positions: the
+        robot may have been moved while disabled (by hand, a teleoperation leader, a sim reset),
+        and the holds before the first chunk and that chunk's first rate-limited step must start
+        from where it is, not from the last command before the disable.
+        """
         with self._lock:
             self._drop_plan()
             self.motion = None  # any enable request stops a move to the start pose
+            if enabled and not self.enabled:
+                self.safety.reset()
+                self.commanded = False
             self.enabled = enabled
 
     def start_move(self, velocity_scale: float | None = None) -> str:

@@ -550,6 +550,11 @@ class AlohaSimNode(Node):
         """Start the next episode (service ``reset_episode``)."""
         with self._tick_lock:
             response.success, response.message = True, self._next_episode()
+            # The new episode's first observation at once: a policy enabled right after the
+            # reset must not infer from the last episode's final joint states and images (with
+            # lockstep the sim does not step again until commands arrive).
+            self._publish_state()
+            self._publish_cameras()
         return response
 
     def _next_episode(self) -> str:
