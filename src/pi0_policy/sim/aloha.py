@@ -549,6 +549,39 @@ class AlohaSim:
             self._physics.render, height=self._config.image_height,
             width=self._config.image_width, camera_id=camera).result()
 
+    def object_mask(self, camera: str) -> np.ndarray:
+        """
+        Render which pixels of one camera show the task objects (the free-floating bodies).
+
+        MuJoCo's segmentation render, at the configured size: exact for the rendered image and
+        independent of colour, so it can label camera frames (e.g. to pretrain a vision tower).
+
+        Args:
+            camera: A name in ``cameras``.
+
+        Returns:
+            (H, W) bool, True where an object's geom is the nearest surface.
+
+        Raises:
+            ValueError: The camera is not in the scene.
+
+        """
+        if camera not in self._cameras:
+            raise ValueError(f'Camera {camera!r} is not in the ALOHA scene; expected one of '
+                             f'{list(self._cameras)}.')
+        if self._renderer is None:
+            raise RuntimeError('object_mask() after close(); create a new AlohaSim.')
+        from dm_control.mujoco.wrapper.mjbindings import enums
+        model = self._physics.model
+        free = {int(model.jnt_bodyid[j]) for j in range(model.njnt)
+                if model.jnt_type[j] == enums.mjtJoint.mjJNT_FREE}
+        geoms = [g for g in range(model.ngeom) if int(model.geom_bodyid[g]) in free]
+        segmentation = self._renderer.submit(
+            self._physics.render, height=self._config.image_height,
+            width=self._config.image_width, camera_id=camera, segmentation=True).result()
+        ids, types = segmentation[..., 0], segmentation[..., 1]
+        return (types == enums.mjtObj.mjOBJ_GEOM) & np.isin(ids, geoms)
+
     def close(self) -> None:
         """
         Free the scene and its OpenGL context and join the render thread (idempotent).

@@ -136,6 +136,9 @@ class TrainConfig:
     # Camera slots and image side of a new model (a preset's; ignored with init_from/resume).
     num_cameras: int = 3
     image_size: int | None = None
+    # SigLIP tower weights (safetensors, ``SiglipVisionTower`` keys) that a new model starts
+    # from instead of random ones, e.g. from ``python -m pi0_policy.sim.vision_pretraining``.
+    vision_init: pathlib.Path | None = None
 
     def __post_init__(self) -> None:
         """Check cross-field consistency."""
@@ -157,10 +160,11 @@ class TrainConfig:
         if not 1 <= self.num_cameras <= 3:
             raise ValueError(f'num_cameras ({self.num_cameras}) must be 1, 2 or 3 (base, left '
                              'wrist, right wrist slots).')
-        if (self.image_size is not None or self.num_cameras != 3) and (
-                self.init_from is not None or self.resume):
-            raise ValueError('num_cameras and image_size shape a new model; a fine-tuned or '
-                             "resumed run keeps its checkpoint's. Drop them, or train anew.")
+        if (self.image_size is not None or self.num_cameras != 3
+                or self.vision_init is not None) and (self.init_from is not None or self.resume):
+            raise ValueError('num_cameras, image_size and vision_init shape a new model; a '
+                             "fine-tuned or resumed run keeps its checkpoint's. Drop them, or "
+                             'train anew.')
         if self.threads < 0:
             raise ValueError(f'threads ({self.threads}) must be >= 0 (0: torch default).')
         if self.save_every <= 0 or self.log_every <= 0:

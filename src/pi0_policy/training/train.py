@@ -45,6 +45,7 @@ from pi0_policy.training import checkpoints, samples
 from pi0_policy.training.config import preset, PRESETS, TrainConfig
 from pi0_policy.training.optim import Ema, learning_rate, make_optimizer
 from pi0_policy.training.tokenizer import TOKENIZER_FILE, train_tokenizer
+from safetensors.torch import load_file
 import torch
 import torch.distributed as dist
 
@@ -167,6 +168,9 @@ def _build_model(cfg: TrainConfig, adapter: Any, device: torch.device,
         config = preset(cfg.arch, num_cameras=cfg.num_cameras, action_dim=width,
                         image_size=cfg.image_size)
         model = init_random(build_empty(config, device=device), seed=cfg.seed)
+        if cfg.vision_init is not None:
+            load_vision_tower(model, cfg.vision_init)
+            _LOG.info('Vision tower initialised from %s.', cfg.vision_init)
     if cfg.rtc_max_delay:
         if cfg.rtc_max_delay >= model.config.action_horizon:
             raise ValueError(f'rtc_max_delay ({cfg.rtc_max_delay}) must be smaller than the '
@@ -177,6 +181,31 @@ def _build_model(cfg: TrainConfig, adapter: Any, device: torch.device,
         for part in (model.vision, model.projector, model.vlm):
             part.requires_grad_(False)
     return model
+
+
+def load_vision_tower(model: Pi0Model, path: pathlib.Path) -> None:
+    """
+    Replace the model's SigLIP tower weights with those in ``path``.
+
+    Raises:
+        ValueError: The file is missing or its tensors do not fit the model's tower.
+
+    """
+    if not path.is_file():
+        raise ValueError(f'vision_init {path} is not a file; pass the .safetensors that '
+                         'python -m pi0_policy.sim.vision_pretraining wrote.')
+    state = load_file(str(path), device=str(next(model.parameters()).device))
+    own = model.vision.state_dict()
+    wrong = sorted(set(own) ^ set(state)) or sorted(
+        k for k in own if own[k].shape != state[k].shape)
+    if wrong:
+        raise ValueError(
+            f'vision_init {path} does not fit the tower of this model ({model.config.vision}): '
+            f'{len(wrong)} tensors differ in name or shape, e.g. {wrong[:3]}. Pretrain the '
+            'tower for the same --arch and --image-size.')
+    with torch.no_grad():
+        for name, tensor in own.items():
+            tensor.copy_(state[name])
 
 
 def _tokenizer(cfg: TrainConfig, model: Pi0Model, episodes: Sequence[samples.EpisodeData],
@@ -425,6 +454,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='camera slots of a new model: 1 = base camera only (default: 3)')
     parser.add_argument('--image-size', type=int,
                         help="image side of a new model in pixels (default: the preset's)")
+    parser.add_argument('--vision-init', type=pathlib.Path,
+                        help='SigLIP tower weights (.safetensors) for a new model, e.g. from '
+                        'python -m pi0_policy.sim.vision_pretraining')
     parser.add_argument('--rtc-max-delay', type=int, default=d.rtc_max_delay,
                         help='training-time RTC: up to this many leading actions given clean')
     parser.add_argument('--device', default=d.device, help="torch device: 'cpu', 'cuda', 'cuda:N'")
