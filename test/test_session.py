@@ -157,6 +157,29 @@ class Run:
         self.feed()
         self.session.tick()
 
+    def commanding(self):
+        """Ask for a chunk, infer it and send its first command; return self."""
+        self.feed()
+        self.session.tick()
+        self.session.infer_once()
+        self.step()
+        return self
+
+    def enable_after_a_move(self):
+        """Move the robot while disabled (by hand, a leader arm, a sim reset), enable again."""
+        self.positions = self.positions + np.array([0.5, -0.4, 0.3, 0.0])
+        self.session.set_enabled(True)
+        self.step()
+        # Held at the measured pose, not at the last command before the disable (that would
+        # pull the robot back where it was); the old plan is gone, a new chunk is asked for.
+        assert self.status.state == NodeState.WAITING and self.session.in_flight
+        assert np.allclose(self.published[-1], self.positions)
+        self.session.infer_once()
+        self.step()
+        assert self.status.state == NodeState.RUNNING
+        step = np.array(self.adapter.max_velocity) * self.executor.config.dt
+        assert np.all(np.abs(self.published[-1] - self.positions) <= step + 1e-9)
+
 
 def test_chunk_goes_through_safety_into_the_command(parts, policy):
     run = Run(parts, policy)
@@ -184,11 +207,7 @@ def test_chunk_goes_through_safety_into_the_command(parts, policy):
 
 
 def test_inference_failure_holds_the_last_command(parts, policy):
-    run = Run(parts, policy)
-    run.feed()
-    run.session.tick()
-    run.session.infer_once()
-    run.step()
+    run = Run(parts, policy).commanding()
     last = run.published[-1]
     run.feed(camera=CORRUPT)
     with pytest.raises(InputError, match='does not decode'):
@@ -211,11 +230,7 @@ def test_inference_failure_holds_the_last_command(parts, policy):
 
 
 def test_disable_holds_once_and_enable_starts_from_a_new_chunk(parts, policy):
-    run = Run(parts, policy)
-    run.feed()
-    run.session.tick()
-    run.session.infer_once()
-    run.step()
+    run = Run(parts, policy).commanding()
     last = run.published[-1]
     run.session.set_enabled(False)
     count = len(run.published)
@@ -224,47 +239,19 @@ def test_disable_holds_once_and_enable_starts_from_a_new_chunk(parts, policy):
     assert len(run.published) == count + 1  # one final hold, then nothing
     assert np.array_equal(run.published[-1], last)
     assert run.status.state == NodeState.DISABLED and not run.session.commanded
-    # Moved while disabled (by hand, a leader arm, a sim reset): far from the last command.
-    run.positions = run.positions + np.array([0.5, -0.4, 0.3, 0.0])
-    run.session.set_enabled(True)
-    run.step()
-    # The chunk planned before the disable is gone: hold at the measured pose (not at the last
-    # command before the disable), ask again.
-    assert run.status.state == NodeState.WAITING and run.session.in_flight
-    assert np.allclose(run.published[-1], run.positions)
-    run.session.infer_once()
-    run.step()
-    assert run.status.state == NodeState.RUNNING and run.session.sequence == 2
-    step = np.array(run.adapter.max_velocity) * run.executor.config.dt
-    assert np.all(np.abs(run.published[-1] - run.positions) <= step + 1e-9)
+    run.enable_after_a_move()
+    assert run.session.sequence == 2
 
 
 def test_an_enable_right_after_a_disable_starts_from_the_measured_pose(parts, policy):
     """No tick between disable and enable (services back to back, e.g. around a sim reset)."""
-    run = Run(parts, policy)
-    run.feed()
-    run.session.tick()
-    run.session.infer_once()
-    run.step()
+    run = Run(parts, policy).commanding()
     run.session.set_enabled(False)
-    run.positions = run.positions + np.array([0.5, -0.4, 0.3, 0.0])  # the sim reset moved it
-    run.session.set_enabled(True)
-    run.step()
-    # Not the last command before the disable: that would pull the robot back where it was.
-    assert run.status.state == NodeState.WAITING
-    assert np.allclose(run.published[-1], run.positions)
-    run.session.infer_once()
-    run.step()
-    step = np.array(run.adapter.max_velocity) * run.executor.config.dt
-    assert np.all(np.abs(run.published[-1] - run.positions) <= step + 1e-9)
+    run.enable_after_a_move()
 
 
 def test_an_unrecoverable_inference_failure_is_an_error(parts, policy):
-    run = Run(parts, policy)
-    run.feed()
-    run.session.tick()
-    run.session.infer_once()
-    run.step()
+    run = Run(parts, policy).commanding()
     message = run.session.inference_failed(RuntimeError('CUDA error: out of memory'))
     assert run.session.fatal and 'cannot recover from it by itself' in message
     last = run.published[-1]

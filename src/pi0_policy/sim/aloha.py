@@ -540,14 +540,18 @@ class AlohaSim:
             ValueError: The camera is not in the scene.
 
         """
+        return self._render(camera)
+
+    def _render(self, camera: str, **options: bool) -> np.ndarray:
+        """Render ``camera`` on the render thread with MuJoCo's render ``options``."""
         if camera not in self._cameras:
             raise ValueError(f'Camera {camera!r} is not in the ALOHA scene; expected one of '
                              f'{list(self._cameras)}.')
         if self._renderer is None:
-            raise RuntimeError('render() after close(); create a new AlohaSim.')
+            raise RuntimeError('Rendering after close(); create a new AlohaSim.')
         return self._renderer.submit(
             self._physics.render, height=self._config.image_height,
-            width=self._config.image_width, camera_id=camera).result()
+            width=self._config.image_width, camera_id=camera, **options).result()
 
     def object_mask(self, camera: str) -> np.ndarray:
         """
@@ -566,19 +570,12 @@ class AlohaSim:
             ValueError: The camera is not in the scene.
 
         """
-        if camera not in self._cameras:
-            raise ValueError(f'Camera {camera!r} is not in the ALOHA scene; expected one of '
-                             f'{list(self._cameras)}.')
-        if self._renderer is None:
-            raise RuntimeError('object_mask() after close(); create a new AlohaSim.')
+        segmentation = self._render(camera, segmentation=True)  # (H, W, 2): id, type
         from dm_control.mujoco.wrapper.mjbindings import enums
         model = self._physics.model
         free = {int(model.jnt_bodyid[j]) for j in range(model.njnt)
                 if model.jnt_type[j] == enums.mjtJoint.mjJNT_FREE}
         geoms = [g for g in range(model.ngeom) if int(model.geom_bodyid[g]) in free]
-        segmentation = self._renderer.submit(
-            self._physics.render, height=self._config.image_height,
-            width=self._config.image_width, camera_id=camera, segmentation=True).result()
         ids, types = segmentation[..., 0], segmentation[..., 1]
         return (types == enums.mjtObj.mjOBJ_GEOM) & np.isin(ids, geoms)
 

@@ -228,10 +228,9 @@ def pretrain(arch: str, frames: Frames, *, steps: int, batch_size: int = 64,
     """
     Train the vision tower of a new ``arch`` π0 to place the object of ``frames``.
 
-    The tower starts as ``pi0-policy train`` would start it (``init_random`` with ``seed`` on
-    the preset), so ``--vision-init`` swaps exactly that tower. AdamW with the training
-    defaults' betas, warmup and cosine decay to a tenth of ``peak_lr``; frames without the
-    object in view are skipped.
+    The tower starts as ``pi0-policy train`` starts a new model's (``init_random`` of the
+    preset with ``seed``). AdamW with the training defaults' betas, warmup and cosine decay to a
+    tenth of ``peak_lr``; frames without the object in view are skipped.
 
     Args:
         arch: Architecture preset (see ``pi0_policy.training.config.PRESETS``).
