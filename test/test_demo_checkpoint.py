@@ -85,11 +85,11 @@ def test_demo_runs_the_checkpoint_as_its_demo_json_asks(tmp_path):
     assert plan.parse_args(['--random-model']).checkpoint == ''
     run = plan.plan_run(options, plan.load_params(), log=lambda _: None,
                         measure=lambda _: None)  # a CPU checkpoint: simulated time, no measuring
-    assert run.clock.sim_time and run.strategy == 'ensemble'
+    assert run.clock.sim_time and run.strategy == 'rtc'
     params = plan.write_params(options, tmp_path / 'p.yaml', sim_time=True, strategy=run.strategy)
     sim = params[plan.SIM_NODE_NAME][plan.ROS_PARAMETERS_KEY]
     assert (sim['image_height'], sim['image_width']) == (96, 128)
     assert sim['camera_map'] == 'cam_high=top'
     policy = params[plan.POLICY_NODE_NAME][plan.ROS_PARAMETERS_KEY]
     assert policy['checkpoint'] == str(CHECKPOINT)
-    assert (policy['strategy'], policy['execute_steps']) == ('ensemble', 25)  # its demo.json
+    assert (policy['strategy'], policy['execute_steps']) == ('rtc', 25)  # its demo.json
