@@ -3,12 +3,14 @@
 import json
 import time
 
+from embodiment_adapters import load_adapter
 from gym_aloha.constants import START_ARM_POSE
 import numpy as np
 from pi0_policy.ros.recorder_node import RecorderNode
 from pi0_policy.ros.sim.scripted_teleop import ScriptedTeleopNode
 from pi0_policy.ros.sim.sim_node import AlohaSimNode
-from pi0_policy.sim.scripted import EPISODE_STEPS, held_success
+from pi0_policy.sim.aloha import ARM_DOF
+from pi0_policy.sim.scripted import ARM_QPOS, EPISODE_STEPS, held_success
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
@@ -20,9 +22,8 @@ from std_srvs.srv import Trigger
 SEED = 1000
 EPISODE_TIMEOUT = 240.0  # wall seconds; simulated time waits for the commands
 SPIN_TIMEOUT = 10.0
-# The right arm's six joints at gym-aloha's start pose (its qpos: left arm, fingers, right arm).
-RIGHT_START = START_ARM_POSE[8:14]
-CAMERA_TOPIC = '/camera_high/camera/color/image_rect_raw'
+# The right arm's joints at gym-aloha's start pose (its qpos: left arm, fingers, right arm).
+RIGHT_START = START_ARM_POSE[ARM_QPOS:ARM_QPOS + ARM_DOF]
 
 
 def test_scripted_teleop_transfers_the_cube_and_is_recorded(tmp_path):
@@ -48,9 +49,11 @@ def test_scripted_teleop_transfers_the_cube_and_is_recorded(tmp_path):
         reset = listener.create_client(Trigger, '/aloha_sim/reset_episode')
         states: list[JointState] = []
         images: list[Image] = []
-        listener.create_subscription(JointState, '/follower_right/joint_states', states.append,
-                                     1000)
-        listener.create_subscription(Image, CAMERA_TOPIC, images.append, 1000)
+        robot = load_adapter('aloha').config  # the sim node publishes on its topics
+        right = next(t.topic for t in robot.joint_state_topics if t.prefix == 'right_')
+        camera = next(c.topic for c in robot.cameras if c.name == 'cam_high')
+        listener.create_subscription(JointState, right, states.append, 1000)
+        listener.create_subscription(Image, camera, images.append, 1000)
         executor = SingleThreadedExecutor(context=context)
         for node in (sim, teleop, listener, recorder):
             executor.add_node(node)
@@ -81,9 +84,9 @@ def test_scripted_teleop_transfers_the_cube_and_is_recorded(tmp_path):
         # step without commands (lockstep): the arm at the start pose, a fresh image.
         deadline = time.monotonic() + SPIN_TIMEOUT
         while time.monotonic() < deadline and not (
-                states and np.allclose(states[-1].position[:6], RIGHT_START, atol=1e-6)):
+                states and np.allclose(states[-1].position[:ARM_DOF], RIGHT_START, atol=1e-6)):
             executor.spin_once(timeout_sec=0.1)
-        np.testing.assert_allclose(states[-1].position[:6], RIGHT_START, atol=1e-6)
+        np.testing.assert_allclose(states[-1].position[:ARM_DOF], RIGHT_START, atol=1e-6)
         assert sim.stats()['steps'] == stats['steps']  # no step since the reset
         assert images and images[-1].header.stamp == states[-1].header.stamp
     finally:

@@ -296,6 +296,7 @@ class AlohaSim:
         select_headless_gl()
         # Imported here so that importing this module neither needs MuJoCo nor fixes MUJOCO_GL.
         from dm_control import mujoco
+        from dm_control.mujoco.wrapper.mjbindings import enums
         from dm_control.rl.control import PhysicsError
         from gym_aloha import constants
         self._physics_error = PhysicsError
@@ -322,6 +323,11 @@ class AlohaSim:
         self._ctrl_low = model.actuator_ctrlrange[:, 0].copy()  # (nu,)
         self._ctrl_high = model.actuator_ctrlrange[:, 1].copy()  # (nu,)
         self._cameras = tuple(model.id2name(i, 'camera') for i in range(model.ncam))
+        # Geoms of the task objects: the bodies on a free joint (object_mask).
+        free = {int(model.jnt_bodyid[j]) for j in range(model.njnt)
+                if model.jnt_type[j] == enums.mjtJoint.mjJNT_FREE}
+        self._object_geoms = np.array([g for g in range(model.ngeom)
+                                       if int(model.geom_bodyid[g]) in free])
         # An OpenGL context is current on one thread only, and callers (executor threads) vary:
         # every render runs on this one thread.
         self._renderer: ThreadPoolExecutor | None = ThreadPoolExecutor(
@@ -570,14 +576,10 @@ class AlohaSim:
             ValueError: The camera is not in the scene.
 
         """
-        segmentation = self._render(camera, segmentation=True)  # (H, W, 2): id, type
         from dm_control.mujoco.wrapper.mjbindings import enums
-        model = self._physics.model
-        free = {int(model.jnt_bodyid[j]) for j in range(model.njnt)
-                if model.jnt_type[j] == enums.mjtJoint.mjJNT_FREE}
-        geoms = [g for g in range(model.ngeom) if int(model.geom_bodyid[g]) in free]
+        segmentation = self._render(camera, segmentation=True)  # (H, W, 2): id, type
         ids, types = segmentation[..., 0], segmentation[..., 1]
-        return (types == enums.mjtObj.mjOBJ_GEOM) & np.isin(ids, geoms)
+        return (types == enums.mjtObj.mjOBJ_GEOM) & np.isin(ids, self._object_geoms)
 
     def close(self) -> None:
         """

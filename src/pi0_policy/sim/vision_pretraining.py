@@ -72,8 +72,6 @@ class Frames:
     images: np.ndarray
     # (N, H, W) bool: pixels that show the object.
     masks: np.ndarray
-    # (N,) cube-pose seed of each frame.
-    seeds: np.ndarray
 
 
 def render_frames(count: int, seed: int = DEFAULT_SEED, *, camera: str = TOP_CAMERA,
@@ -115,7 +113,7 @@ def render_frames(count: int, seed: int = DEFAULT_SEED, *, camera: str = TOP_CAM
             masks[i] = sim.object_mask(camera)
     finally:
         sim.close()
-    return Frames(images, masks, np.arange(seed, seed + count))
+    return Frames(images, masks)
 
 
 def token_targets(masks: np.ndarray, image_size: int, patch_size: int
@@ -178,7 +176,7 @@ class LocalisationHead(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Map (B, 3, S, S) pixels to (B, P) token logits and (B, P, 2) offsets."""
-        out = self.head(self.tower(pixels, torch.float32).float())
+        out = self.head(self.tower(pixels, torch.float32))
         return out[..., 0], out[..., 1:]
 
 
